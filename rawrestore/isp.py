@@ -1,0 +1,190 @@
+"""The classical ISP: our fast RAW developer, the colour condition of the model and its baseline.
+
+Steps (each a small function over torch tensors, CHW float32):
+  black/white normalisation -> white balance -> highlight clip -> Malvar-He-Cutler demosaic
+  -> camera-to-sRGB matrix -> exposure -> sRGB transfer curve -> orientation.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .rawio import RawImage
+
+# --- Bayer layout unification -------------------------------------------------------------
+
+_PHASE = {"RGGB": (0, 0), "GRBG": (0, 1), "GBRG": (1, 0), "BGGR": (1, 1)}
+
+
+def to_rggb(mosaic: torch.Tensor, cfa: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad a (H, W) mosaic so that it starts with an R site and has even sides.
+
+    Reflection about the edge keeps the CFA consistent (site -1 has the colour of site +1), so
+    every layout becomes the same RGGB picture. Returns the padded mosaic and the (top, left)
+    offset to crop the result back with :func:`crop_back`.
+    """
+    top, left = _PHASE[cfa]
+    h, w = mosaic.shape
+    bottom = (h + top) % 2
+    right = (w + left) % 2
+    if top or left or bottom or right:
+        mosaic = F.pad(mosaic[None, None], (left, right, top, bottom), mode="reflect")[0, 0]
+    return mosaic, (top, left)
+
+
+def crop_back(image: torch.Tensor, offset: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Undo :func:`to_rggb` on a full-resolution (C, H, W) result."""
+    top, left = offset
+    return image[..., top:top + size[0], left:left + size[1]]
+
+
+def pack(mosaic: torch.Tensor) -> torch.Tensor:
+    """RGGB (H, W) -> (4, H/2, W/2) in the canonical order R, G1 (red row), G2 (blue row), B."""
+    return torch.stack([mosaic[0::2, 0::2], mosaic[0::2, 1::2], mosaic[1::2, 0::2], mosaic[1::2, 1::2]])
+
+
+def unpack(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack`."""
+    c, h, w = packed.shape
+    out = packed.new_empty(2 * h, 2 * w)
+    out[0::2, 0::2], out[0::2, 1::2], out[1::2, 0::2], out[1::2, 1::2] = packed
+    return out
+
+
+def site_values(values3: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Per-colour values (R, G, B) laid out per canonical packed channel (R, G1, G2, B)."""
+    v = torch.as_tensor(np.asarray(values3, dtype=np.float32))
+    return torch.stack([v[0], v[1], v[1], v[2]])
+
+
+def normalized_rggb(raw: RawImage) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Black-subtracted, white-scaled mosaic in RGGB phase (1.0 = sensor clipping)."""
+    mosaic, offset = to_rggb(torch.from_numpy(raw.normalized()), raw.cfa)
+    return mosaic, offset
+
+
+# --- Demosaic -------------------------------------------------------------------------------
+
+# Malvar, He, Cutler, "High-quality linear interpolation for demosaicing of Bayer-patterned
+# color images", ICASSP 2004, Fig. 2 (coefficients x 8).
+_G_AT_RB = [[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]]
+_C_AT_G_ROW = [[0, 0, .5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, .5, 0, 0]]
+_C_AT_OPP = [[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]]
+_MALVAR = torch.tensor([_G_AT_RB, _C_AT_G_ROW, np.transpose(_C_AT_G_ROW).tolist(), _C_AT_OPP],
+                       dtype=torch.float32)[:, None] / 8.0
+
+
+def demosaic(mosaic: torch.Tensor) -> torch.Tensor:
+    """Malvar-He-Cutler demosaic of an RGGB (H, W) mosaic -> (3, H, W)."""
+    g_rb, c_row, c_col, c_opp = F.conv2d(F.pad(mosaic[None, None], (2, 2, 2, 2), mode="reflect"),
+                                          _MALVAR.to(mosaic))[0]
+    red = mosaic.clone()
+    green = mosaic.clone()
+    blue = mosaic.clone()
+    # R site (0,0), G1 (0,1) on a red row, G2 (1,0) on a blue row, B (1,1).
+    green[0::2, 0::2] = g_rb[0::2, 0::2]
+    green[1::2, 1::2] = g_rb[1::2, 1::2]
+    red[0::2, 1::2] = c_row[0::2, 1::2]
+    red[1::2, 0::2] = c_col[1::2, 0::2]
+    red[1::2, 1::2] = c_opp[1::2, 1::2]
+    blue[1::2, 0::2] = c_row[1::2, 0::2]
+    blue[0::2, 1::2] = c_col[0::2, 1::2]
+    blue[0::2, 0::2] = c_opp[0::2, 0::2]
+    return torch.stack([red, green, blue])
+
+
+# --- Colour ---------------------------------------------------------------------------------
+
+def white_balance_mosaic(mosaic: torch.Tensor, wb: np.ndarray) -> torch.Tensor:
+    """Apply WB gains per site and clip at the smallest gain, so clipped highlights stay neutral
+    (a channel that saturated cannot be scaled past the others: no magenta skies)."""
+    gains = site_values(wb).to(mosaic)
+    out = unpack(pack(mosaic) * gains[:, None, None])
+    return out.clamp(0.0, float(np.min(wb)))
+
+
+def apply_matrix(rgb: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
+    """(3, H, W) x 3x3 colour matrix."""
+    m = torch.as_tensor(np.asarray(matrix, dtype=np.float32)).to(rgb)
+    return torch.einsum("ij,jhw->ihw", m, rgb)
+
+
+def srgb_encode(linear: torch.Tensor) -> torch.Tensor:
+    """IEC 61966-2-1 sRGB transfer curve."""
+    x = linear.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+
+
+def srgb_decode(encoded: torch.Tensor) -> torch.Tensor:
+    x = encoded.clamp(0.0, 1.0)
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def tone_curve(x: torch.Tensor) -> torch.Tensor:
+    """Smoothstep tone curve 3x^2 - 2x^3 (Brooks et al. 2019, the inverse of their unprocessing)."""
+    x = x.clamp(0.0, 1.0)
+    return 3 * x * x - 2 * x * x * x
+
+
+# --- Exposure -------------------------------------------------------------------------------
+
+def auto_exposure_gain(linear_rgb: torch.Tensor, max_gain: float = 256.0) -> float:
+    """A gain for very dark frames only: lift so that the 99th percentile of luminance reaches 0.5.
+
+    Frames whose 99th percentile is already above 0.25 (any normal exposure) are left alone.
+    """
+    lum = (0.2126 * linear_rgb[0] + 0.7152 * linear_rgb[1] + 0.0722 * linear_rgb[2]).flatten()
+    step = max(1, lum.numel() // 200_000)
+    p99 = float(torch.quantile(lum[::step], 0.99))
+    if p99 >= 0.25:
+        return 1.0
+    return float(min(max_gain, 0.5 / max(p99, 1e-6)))
+
+
+# --- Orientation ------------------------------------------------------------------------------
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation (1..8) to a (C, H, W) tensor so that it displays upright."""
+    ops = {
+        1: lambda x: x,
+        2: lambda x: x.flip(-1),
+        3: lambda x: x.flip(-1).flip(-2),
+        4: lambda x: x.flip(-2),
+        5: lambda x: x.transpose(-1, -2),
+        6: lambda x: x.transpose(-1, -2).flip(-1),
+        7: lambda x: x.transpose(-1, -2).flip(-1).flip(-2),
+        8: lambda x: x.transpose(-1, -2).flip(-2),
+    }
+    return ops.get(orientation, ops[1])(image)
+
+
+# --- Whole developer --------------------------------------------------------------------------
+
+def exposure_gain(linear_rgb: torch.Tensor, exposure_ev: float, auto_exposure: bool) -> float:
+    gain = 2.0 ** exposure_ev
+    if auto_exposure:
+        gain *= auto_exposure_gain(linear_rgb * gain)
+    return gain
+
+
+def develop_linear(raw: RawImage) -> torch.Tensor:
+    """Linear sRGB (3, H, W), not oriented, before exposure: LibRaw's own for non-Bayer files."""
+    if not raw.is_bayer:
+        return torch.from_numpy(np.ascontiguousarray(raw.rgb.transpose(2, 0, 1)))
+    h, w = raw.mosaic.shape
+    mosaic, offset = normalized_rggb(raw)
+    rgb = demosaic(white_balance_mosaic(mosaic, raw.wb))
+    return apply_matrix(crop_back(rgb, offset, (h, w)), raw.srgb_from_cam)
+
+
+def develop_classical(raw: RawImage, exposure_ev: float = 0.0, auto_exposure: bool = True,
+                      gain: float | None = None) -> torch.Tensor:
+    """Classical development to display sRGB (3, H, W) in [0, 1], upright.
+
+    ``gain`` overrides the exposure computation (the model pipeline passes the one it used).
+    """
+    linear = develop_linear(raw)
+    if gain is None:
+        gain = exposure_gain(linear, exposure_ev, auto_exposure)
+    return orient(srgb_encode(linear * gain), raw.orientation)
