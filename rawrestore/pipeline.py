@@ -7,6 +7,7 @@ import torch
 
 from .isp import develop_classical
 from .rawio import RawImage
+from .styles import get_style
 
 
 @dataclass
@@ -21,7 +22,9 @@ class Developer:
 
     def __init__(self, options: DevelopOptions | None = None):
         self.options = options or DevelopOptions()
+        self.style = get_style(self.options.style)  # raises StyleError before any file is read
 
     def develop(self, raw: RawImage) -> torch.Tensor:
         opts = self.options
-        return develop_classical(raw, exposure_ev=opts.exposure_ev, auto_exposure=opts.auto_exposure)
+        image = develop_classical(raw, exposure_ev=opts.exposure_ev, auto_exposure=opts.auto_exposure)
+        return self.style(image)
