@@ -5,7 +5,6 @@ never a rawpy object, so tests and the synthetic-data code can build one directl
 """
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,8 +134,17 @@ def _camera_matrix(raw) -> np.ndarray:
     cam_xyz = np.asarray(raw.rgb_xyz_matrix, dtype=np.float64)[:3]
     if np.abs(cam_xyz).sum() == 0:
         return np.eye(3)
-    cam_srgb = cam_xyz @ XYZ_FROM_SRGB
-    cam_srgb /= cam_srgb.sum(axis=1, keepdims=True)  # white stays white after WB (dcraw's cam_xyz_coeff)
+    return srgb_from_cam_matrix(cam_xyz)
+
+
+def srgb_from_cam_matrix(cam_from_xyz: np.ndarray) -> np.ndarray:
+    """White-balanced camera RGB -> linear sRGB from an XYZ->camera matrix (DNG ColorMatrix).
+
+    Rows of camera-from-sRGB are normalised to 1 so that white stays white once the white
+    balance is applied, as dcraw's ``cam_xyz_coeff`` and LibRaw do.
+    """
+    cam_srgb = np.asarray(cam_from_xyz, dtype=np.float64) @ XYZ_FROM_SRGB
+    cam_srgb = cam_srgb / cam_srgb.sum(axis=1, keepdims=True)
     return np.linalg.inv(cam_srgb)
 
 
@@ -160,11 +168,17 @@ def read_raw(path: str | Path) -> RawImage:
     if path.stat().st_size == 0:
         raise RawReadError(f"{path}: empty file (0 bytes)")
     try:
+        with open(path, "rb"):  # LibRaw would report a permission problem as a bad header
+            pass
+    except OSError as err:
+        raise RawReadError(f"{path}: cannot open ({err.strerror})") from None
+    try:
         raw = rawpy.imread(str(path))
-    except rawpy.LibRawFileUnsupportedError:
-        raise RawReadError(f"{path}: not a RAW file LibRaw can read") from None
-    except (rawpy.LibRawIOError, rawpy.LibRawDataError, rawpy.LibRawError) as err:
-        raise RawReadError(f"{path}: unreadable RAW ({type(err).__name__}: {err})") from None
+    except (rawpy.LibRawFileUnsupportedError, rawpy.LibRawIOError):
+        # LibRaw answers a header it cannot parse (a text file, a cut-off header) with an I/O error.
+        raise RawReadError(f"{path}: not a RAW file LibRaw can read (unknown format or cut-off header)") from None
+    except rawpy.LibRawError as err:
+        raise RawReadError(f"{path}: unreadable RAW ({type(err).__name__})") from None
     with raw:
         try:
             return _from_rawpy(raw, path)
@@ -222,10 +236,3 @@ def iter_raw_files(root: Path, recursive: bool) -> list[Path]:
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in RAW_EXTENSIONS)
 
-
-def exif_datetime(raw: RawImage) -> _dt.datetime | None:
-    value = raw.exif.get("datetime")
-    try:
-        return _dt.datetime.strptime(value, "%Y:%m:%d %H:%M:%S") if value else None
-    except ValueError:
-        return None

@@ -1,0 +1,37 @@
+"""What the networks are fed: the model input built from a RAW, and the colour condition.
+
+Shared by training and inference so that both see exactly the same preparation.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .isp import apply_matrix, site_values, srgb_encode
+from .noise import estimate_noise, noise_std_map
+
+
+def model_input(packed: torch.Tensor, wb: np.ndarray, gain: float = 1.0,
+                noise: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(4, h, w) normalised RGGB-packed RAW -> (white-balanced input, per-pixel noise std).
+
+    The input is clipped at 1 (sensor clipping after white balance, as the ISP does), so the
+    network sees [.., 1] whatever the exposure. ``noise`` is (a, b) with var = a*x + b on the
+    packed data; estimated blind from the data when not given.
+    """
+    a, b = noise if noise is not None else estimate_noise(packed)
+    gains = site_values(wb).to(packed)[:, None, None]
+    x = (packed * gains * gain).clamp(max=1.0)
+    return x, noise_std_map(packed, a, b) * gain
+
+
+def render_condition(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray, gain: float = 1.0
+                     ) -> torch.Tensor:
+    """The fast classical rendering at the latent grid (H/4): 2x2 binning (R, mean G, B), white
+    balance with highlight clip, colour matrix, exposure, sRGB curve, then a 2x2 average."""
+    rgb = torch.stack([packed[0], 0.5 * (packed[1] + packed[2]), packed[3]])
+    gains = torch.as_tensor(np.asarray(wb, dtype=np.float32))[:, None, None]
+    rgb = (rgb * gains).clamp(0, float(np.min(wb)))
+    display = srgb_encode(apply_matrix(rgb, srgb_from_cam) * gain)
+    return F.avg_pool2d(display[None], 2)[0]

@@ -1,0 +1,63 @@
+"""RVAE: a RAW-domain variational autoencoder.
+
+Encoder: packed canonical RGGB (4 channels at H/2, white-balanced, exposure applied) plus the
+per-pixel noise std (1 channel), space-to-depth to H/4 -> latent (``latent_channels`` at H/4):
+mean and log-variance.
+Decoder: latent + colour condition (both at H/4) -> display sRGB at full resolution H,
+upsampled by two pixel shuffles (H/4 -> H/2 -> H).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import ResBlock
+
+
+class RAWEncoder(nn.Module):
+    def __init__(self, latent_channels: int = 16, width: int = 64):
+        super().__init__()
+        # Each latent pixel sees its 4x4 sensor block (16 packed values) + the noise std.
+        self.stem = nn.Conv2d(4 * 4 + 1, width, 3, padding=1)
+        self.block = ResBlock(width)
+        self.head = nn.Conv2d(width, 2 * latent_channels, 3, padding=1)
+
+    def forward(self, packed: torch.Tensor, noise_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # sqrt makes dark and bright regions comparable in scale (a variance-stabilising step).
+        x = torch.cat([F.pixel_unshuffle(packed.clamp_min(0).sqrt(), 2),
+                       F.avg_pool2d(noise_std, 2).sqrt()], dim=1)
+        h = self.block(F.silu(self.stem(x)))
+        mean, logvar = self.head(h).chunk(2, dim=1)
+        return mean, logvar.clamp(-12, 4)
+
+
+class RGBDecoder(nn.Module):
+    def __init__(self, latent_channels: int = 16, width: int = 64, half_width: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(latent_channels + 3, width, 3, padding=1)
+        self.block_latent = ResBlock(width)
+        self.up = nn.Conv2d(width, 4 * half_width, 1)
+        self.block_half = ResBlock(half_width)
+        self.head = nn.Conv2d(half_width, 12, 3, padding=1)
+
+    def forward(self, latent: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+        h = self.block_latent(F.silu(self.stem(torch.cat([latent, color], dim=1))))
+        h = self.block_half(F.silu(F.pixel_shuffle(self.up(h), 2)))
+        # Residual on the colour condition: the decoder adds detail to the colours it was given.
+        base = F.interpolate(color, scale_factor=4, mode="bilinear", align_corners=False)
+        return base + F.pixel_shuffle(self.head(h), 2)
+
+
+class RVAE(nn.Module):
+    def __init__(self, latent_channels: int = 16):
+        super().__init__()
+        self.latent_channels = latent_channels
+        self.encoder = RAWEncoder(latent_channels)
+        self.decoder = RGBDecoder(latent_channels)
+
+    def encode(self, packed: torch.Tensor, noise_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(packed, noise_std)
+
+    def decode(self, latent: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latent, color)

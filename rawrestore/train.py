@@ -1,0 +1,178 @@
+"""Train the RVAE and the latent denoiser jointly on synthetic RAW, on the CPU.
+
+    python -m rawrestore.train --data ../shared/data/srgb --out runs/v1 --minutes 90
+
+Each step: encode the clean and the noisy RAW (RVAE), draw a step count N from the offered ones
+and a time on that N-step grid (the start state is the DTDM one, mu + noise; later times are the
+SDE marginal around the clean latent), predict x0, decode it with the colour condition.
+Loss = L1(decoded x0, target) + L1(decoded clean latent, target) + 0.1 L1(x0, clean latent)
++ a small KL term. Checkpoints every few minutes (resume by running the same command again),
+EMA weights, a log file, and a validation PSNR (2-step sampler) every ``--val-every`` steps.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .dataset import SyntheticRAWDataset
+from .models import RVAE, LatentDenoiser
+from .schedulers import IRSDEScheduler, sample
+from .pipeline import develop_latent
+from .weights import ModelBundle, save_bundle
+
+STEP_CHOICES = (1, 2, 4, 8)
+
+
+def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator) -> dict:
+    """One forward pass of the joint objective; returns the losses."""
+    rvae, denoiser, sched = bundle.rvae, bundle.denoiser, bundle.scheduler
+    mean_c, logvar_c = rvae.encode(batch["clean_input"], batch["clean_std"])
+    z_clean = mean_c + torch.exp(0.5 * logvar_c) * torch.randn(mean_c.shape, generator=gen)
+    mu, _ = rvae.encode(batch["input"], batch["noise_std"])
+    B = mu.shape[0]
+    steps = torch.tensor([STEP_CHOICES[i] for i in torch.randint(len(STEP_CHOICES), (B,), generator=gen)])
+    k = (torch.rand(B, generator=gen) * steps).long() + 1                 # k-th of N grid points, 1..N
+    t = torch.round(sched.t_start * k.float() / steps.float()).long()
+    is_start = k == steps
+    x0 = mean_c.detach()
+    m_t, v_t = sched.marginal(x0, mu, t)
+    eps = torch.randn(mu.shape, generator=gen)
+    x_t = m_t + v_t.sqrt() * eps
+    # DTDM start: mu plus the SDE's noise at t_start; one-step sampling uses mu itself.
+    start_noise = torch.where((steps == 1).view(-1, 1, 1, 1), torch.zeros_like(eps), eps)
+    x_start = sched.start_state(mu, start_noise)
+    x_t = torch.where(is_start.view(-1, 1, 1, 1), x_start, x_t)
+    noise_lat = F.avg_pool2d(batch["noise_std"], 2)
+    x0_hat = denoiser(x_t, mu, batch["color"], noise_lat, sched.time_input(t))
+    out = rvae.decode(x0_hat, batch["color"])
+    recon = rvae.decode(z_clean, batch["color"])
+    kl = 0.5 * (mean_c ** 2 + logvar_c.exp() - 1 - logvar_c).mean()
+    return {
+        "image": F.l1_loss(out, batch["target"]),
+        "recon": F.l1_loss(recon, batch["target"]),
+        "latent": F.l1_loss(x0_hat, x0),
+        "kl": kl,
+    }
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / F.mse_loss(a.clamp(0, 1), b)))
+
+
+@torch.inference_mode()
+def validate(bundle: ModelBundle, val: list[dict], num_steps: int = 2) -> float:
+    scores = []
+    for i, item in enumerate(val):
+        batch = {k: v[None] for k, v in item.items()}
+        gen = torch.Generator().manual_seed(i)
+        noises = [torch.randn((1, bundle.rvae.latent_channels, *batch["color"].shape[-2:]), generator=gen)
+                  for _ in range(num_steps)]
+        out = develop_latent(bundle, batch["input"], batch["noise_std"], batch["color"], num_steps, noises)
+        scores.append(psnr(out, batch["target"]))
+    return float(np.mean(scores))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", default=["../shared/data/srgb"], help="folders of clean photos")
+    p.add_argument("--darktable-profiles", default="../shared/data/noise_models/darktable_noiseprofiles.json")
+    p.add_argument("--out", default="runs/v1")
+    p.add_argument("--minutes", type=float, default=90.0, help="wall-time budget (the LR schedule follows it)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--val-size", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", default=None, help="write the EMA weights to this .safetensors at the end")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "train.log", "a", buffering=1)
+
+    def say(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        log.write(line + "\n")
+
+    torch.manual_seed(args.seed)
+    bundle = ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler())
+    ema = copy.deepcopy(bundle)
+    params = list(bundle.rvae.parameters()) + list(bundle.denoiser.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    step, elapsed = 0, 0.0
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        bundle.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = state["step"], state["elapsed"]
+        say(f"resumed at step {step}, {elapsed / 60:.1f} min in")
+    else:
+        say(f"config {json.dumps(vars(args))}")
+
+    train = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
+                                darktable_profiles=args.darktable_profiles)
+    val_set = SyntheticRAWDataset(args.data, "val", crop=args.crop, seed=12345, restyle_probability=0.0)
+    val = [val_set[i] for i in range(args.val_size)]
+    say(f"{len(train.paths)} training photos, {len(val_set.paths)} validation photos")
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(train, range(step * args.batch, len(train))), batch_size=args.batch,
+        num_workers=1, persistent_workers=True, prefetch_factor=4)
+    gen = torch.Generator().manual_seed(args.seed + step)
+    budget = args.minutes * 60
+    last_ckpt = time.time()
+    start = time.time() - elapsed
+    running: dict[str, float] = {}
+    for batch in loader:
+        elapsed = time.time() - start
+        if elapsed >= budget:
+            break
+        progress = elapsed / budget
+        lr = args.lr * (min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * progress)) + 0.02)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        losses = training_state(bundle, batch, gen)
+        loss = losses["image"] + losses["recon"] + 0.1 * losses["latent"] + 1e-5 * losses["kl"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), bundle.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        for k, v in losses.items():
+            running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
+        if step % 25 == 0:
+            say(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in running.items())
+                + f" | {step * args.batch / max(elapsed, 1):.1f} samples/s")
+        if step % args.val_every == 0:
+            say(f"step {step} val PSNR (EMA, 2 steps) {validate(ema, val):.2f} dB")
+        if time.time() - last_ckpt > 300:
+            torch.save({"model": bundle.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "step": step, "elapsed": time.time() - start}, ckpt)
+            last_ckpt = time.time()
+    torch.save({"model": bundle.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                "step": step, "elapsed": time.time() - start}, ckpt)
+    say(f"done: step {step}, val PSNR (EMA, 2 steps) {validate(ema, val):.2f} dB")
+    if args.export:
+        save_bundle(ema, args.export, {"steps_trained": step, "minutes": round(elapsed / 60, 1)})
+        say(f"exported {args.export}")
+
+
+if __name__ == "__main__":
+    main()
