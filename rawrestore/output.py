@@ -38,7 +38,11 @@ def srgb_icc_profile() -> bytes:
     """The sRGB ICC profile embedded in every output, so colour-managed viewers do not guess."""
     from PIL import ImageCms
 
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    # LittleCMS stamps the creation time into the header (bytes 24-35; no profile ID to update):
+    # pin it, so that developing the same RAW twice gives the same file byte for byte.
+    profile[24:36] = struct.pack(">6H", 2024, 1, 1, 0, 0, 0)
+    return bytes(profile)
 
 
 def format_for(path: Path) -> str | None:

@@ -1,0 +1,4 @@
+"""``python -m rawrestore``: the same command line as the ``rawrestore`` script."""
+from .cli import app
+
+app(prog_name="rawrestore")
