@@ -26,12 +26,17 @@ def model_input(packed: torch.Tensor, wb: np.ndarray, gain: float = 1.0,
     return x, noise_std_map(packed, a, b) * gain
 
 
-def render_condition(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray, gain: float = 1.0
-                     ) -> torch.Tensor:
-    """The fast classical rendering at the latent grid (H/4): 2x2 binning (R, mean G, B), white
-    balance with highlight clip, colour matrix, exposure, sRGB curve, then a 2x2 average."""
+def binned_linear(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray) -> torch.Tensor:
+    """Linear sRGB at the packed grid (H/2) by 2x2 binning (R, mean G, B), white balance with the
+    ISP's highlight clip and the colour matrix: the fast classical development."""
     rgb = torch.stack([packed[0], 0.5 * (packed[1] + packed[2]), packed[3]])
     gains = torch.as_tensor(np.asarray(wb, dtype=np.float32))[:, None, None]
-    rgb = (rgb * gains).clamp(0, float(np.min(wb)))
-    display = srgb_encode(apply_matrix(rgb, srgb_from_cam) * gain)
+    return apply_matrix((rgb * gains).clamp(0, float(np.min(wb))), srgb_from_cam)
+
+
+def render_condition(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray, gain: float = 1.0
+                     ) -> torch.Tensor:
+    """The colour condition: the fast classical development, exposed and sRGB-encoded, averaged
+    2x2 down to the latent grid (H/4)."""
+    display = srgb_encode(binned_linear(packed, wb, srgb_from_cam) * gain)
     return F.avg_pool2d(display[None], 2)[0]

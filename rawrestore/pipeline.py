@@ -1,13 +1,28 @@
-"""Glue: RAW -> developed sRGB. Loads nothing itself; the CLI and the library call this."""
+"""Glue: RAW -> developed sRGB. The CLI, the benchmark and Python users all call :class:`Developer`.
+
+Model path: read RAW -> unify the mosaic to RGGB and pack it -> exposure -> blind noise estimate
+-> colour condition (fast classical render + ``--color-style``) -> RVAE encode -> few-step IR-SDE
+sampling in the latent -> RVAE decode -> crop, orient. Every network runs in overlapping tiles
+blended with feathered weights, so memory is bounded by the tile, not the image. Non-Bayer
+files and ``classical=True`` take the classical ISP instead.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from .isp import develop_classical
+from .conditioning import binned_linear, model_input, render_condition
+from .isp import auto_exposure_gain, crop_back, develop_classical, normalized_rggb, orient, pack
+from .noise import estimate_noise
 from .rawio import RawImage
 from .styles import get_style
+
+DEFAULT_STEPS = 2
+STEP_CHOICES = (1, 2, 4, 8)
 
 
 @dataclass
@@ -15,16 +30,172 @@ class DevelopOptions:
     exposure_ev: float = 0.0
     auto_exposure: bool = True
     style: str = "natural"
+    classical: bool = False        # the classical ISP only, no model
+    steps: int = DEFAULT_STEPS     # IR-SDE sampling steps (1 = deterministic x0 jump)
+    weights: str | None = None     # None: bundled weights; 'hub'; or a .safetensors path
+    device: str = "auto"           # auto | cpu | cuda | mps
+    seed: int = 0
+    tile: int = 192                # tile side in latent pixels (x4 sensor pixels)
+    overlap: int = 24              # tile overlap in latent pixels
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps: no Apple GPU is available")
+    if name not in {"cpu", "cuda", "mps"}:
+        raise ValueError(f"unknown device {name!r} (auto, cpu, cuda or mps)")
+    return torch.device(name)
 
 
 class Developer:
     """Develops :class:`RawImage` frames to display sRGB (3, H, W) tensors in [0, 1], upright."""
 
     def __init__(self, options: DevelopOptions | None = None):
-        self.options = options or DevelopOptions()
-        self.style = get_style(self.options.style)  # raises StyleError before any file is read
+        self.options = opts = options or DevelopOptions()
+        self.style = get_style(opts.style)  # raises StyleError before any file is read
+        self.model = None
+        if not opts.classical:
+            if opts.steps not in STEP_CHOICES:
+                raise ValueError(f"steps must be one of {', '.join(map(str, STEP_CHOICES))} (the model is trained for those)")
+            from .weights import load_weights
+
+            self.device = resolve_device(opts.device)
+            if self.device.type == "cpu":
+                torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+            self.model = load_weights(opts.weights).to(self.device)
+            self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+            self.model = self.model.to(self.dtype).to(memory_format=torch.channels_last)
+
+    def uses_model(self, raw: RawImage) -> bool:
+        return self.model is not None and raw.is_bayer
 
     def develop(self, raw: RawImage) -> torch.Tensor:
         opts = self.options
-        image = develop_classical(raw, exposure_ev=opts.exposure_ev, auto_exposure=opts.auto_exposure)
-        return self.style(image)
+        if not self.uses_model(raw):
+            image = develop_classical(raw, exposure_ev=opts.exposure_ev, auto_exposure=opts.auto_exposure)
+            return self.style(image)
+        return self._develop_model(raw)
+
+    @torch.inference_mode()
+    def _develop_model(self, raw: RawImage) -> torch.Tensor:
+        opts = self.options
+        h, w = raw.mosaic.shape
+        mosaic, offset = normalized_rggb(raw)
+        # Reflect-pad by an even amount (keeps the CFA phase) to whole latent pixels.
+        pad_y, pad_x = (-mosaic.shape[0]) % 4, (-mosaic.shape[1]) % 4
+        if pad_y or pad_x:
+            mosaic = F.pad(mosaic[None, None], (0, pad_x, 0, pad_y), mode="reflect")[0, 0]
+        packed = pack(mosaic)
+        gain = 2.0 ** opts.exposure_ev
+        if opts.auto_exposure:
+            gain *= auto_exposure_gain(binned_linear(packed, raw.wb, raw.srgb_from_cam) * gain)
+        x, noise_std = model_input(packed, raw.wb, gain, noise=estimate_noise(packed))
+        color = self.style(render_condition(packed, raw.wb, raw.srgb_from_cam, gain))
+        image = develop_tiled(self.model, x, noise_std, color, opts.steps, opts.seed, opts.tile, opts.overlap,
+                              self.device, self.dtype)
+        return orient(crop_back(image.clamp(0, 1), offset, (h, w)), raw.orientation)
+
+
+# --- The model on prepared inputs ----------------------------------------------------------------
+
+def develop_latent(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch.Tensor, num_steps: int,
+                   noises: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Untiled: encode -> few-step IR-SDE sampling -> decode, on batched inputs (B, ...)."""
+    from .schedulers import sample
+
+    mu, _ = bundle.rvae.encode(x, noise_std)
+    noise_latent = F.avg_pool2d(noise_std, 2)
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return bundle.denoiser(x_t, mu, color, noise_latent, t)
+
+    latent = sample(denoise, mu, bundle.scheduler, num_steps, noises)
+    return bundle.rvae.decode(latent, color)
+
+
+def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch.Tensor, num_steps: int,
+                  seed: int, tile: int, overlap: int, device: torch.device = torch.device("cpu"),
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One image (unbatched inputs at H/2 and H/4) through the model, every network tiled.
+
+    The sampler's state lives at the whole latent grid (small: 16 channels at H/4); only the
+    networks see tiles. Noise is drawn for the whole grid from ``seed``, so the result does not
+    depend on the tiling.
+    """
+    from .schedulers import sample
+
+    tiler = Tiler(tile, overlap, device, dtype)
+    noise_latent = F.avg_pool2d(noise_std[None], 2)[0]
+    mu = tiler.run(lambda xs, ss: bundle.rvae.encode(xs, ss)[0], [(x, 2), (noise_std, 2)],
+                   bundle.rvae.latent_channels, 1)
+    gen = torch.Generator().manual_seed(seed)
+    noises = [torch.randn(mu.shape, generator=gen) for _ in range(num_steps)]
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        fn = lambda xt, m, c, n: bundle.denoiser(xt, m, c, n, t.to(device, dtype))  # noqa: E731
+        return tiler.run(fn, [(x_t[0], 1), (mu, 1), (color, 1), (noise_latent, 1)], mu.shape[0], 1)[None]
+
+    latent = sample(denoise, mu[None], bundle.scheduler, num_steps, [n[None] for n in noises])[0]
+    return tiler.run(bundle.rvae.decode, [(latent, 1), (color, 1)], 3, 4)
+
+
+class Tiler:
+    """Runs a network over overlapping tiles of the latent grid and blends them.
+
+    Each tile's output is weighted by a window that is 0 over the outer ``overlap // 3`` latent
+    pixels of an inner edge (where zero padding differs from the real neighbours) and ramps
+    linearly to 1 over the next third, so neighbours' ramps are complementary.
+    """
+
+    def __init__(self, tile: int, overlap: int, device: torch.device, dtype: torch.dtype):
+        if overlap * 2 >= tile:
+            raise ValueError("tile overlap must be less than half the tile")
+        self.tile, self.overlap, self.device, self.dtype = tile, overlap, device, dtype
+
+    def _starts(self, size: int) -> list[int]:
+        if size <= self.tile:
+            return [0]
+        stride = self.tile - self.overlap
+        starts = list(range(0, size - self.tile, stride)) + [size - self.tile]
+        return starts
+
+    def _ramp(self, start: int, length: int, size: int, scale: int) -> torch.Tensor:
+        margin = self.overlap // 3
+        ramp = max(1, self.overlap - 2 * margin)
+        pos = torch.arange(length * scale, dtype=torch.float32) / scale
+        weight = torch.ones(length * scale)
+        if start > 0:
+            weight = weight * ((pos - margin) / ramp).clamp(0, 1)
+        if start + length < size:
+            weight = weight * ((length - pos - margin) / ramp).clamp(0, 1)
+        return weight.clamp_min(1e-6)
+
+    def run(self, fn: Callable[..., torch.Tensor], inputs: list[tuple[torch.Tensor, int]],
+            out_channels: int, out_scale: int) -> torch.Tensor:
+        """``inputs``: (C, h*s, w*s) tensors with their scale s relative to the latent grid."""
+        first, s0 = inputs[0]
+        height, width = first.shape[-2] // s0, first.shape[-1] // s0
+        out = torch.zeros(out_channels, height * out_scale, width * out_scale)
+        total = torch.zeros(1, height * out_scale, width * out_scale)
+        for y in self._starts(height):
+            th = min(self.tile, height)
+            wy = self._ramp(y, th, height, out_scale)
+            for x in self._starts(width):
+                tw = min(self.tile, width)
+                crops = [t[:, y * s:(y + th) * s, x * s:(x + tw) * s][None]
+                         .to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+                         for t, s in inputs]
+                result = fn(*crops)[0].float().cpu()
+                weight = wy[:, None] * self._ramp(x, tw, width, out_scale)[None, :]
+                ys, xs = slice(y * out_scale, (y + th) * out_scale), slice(x * out_scale, (x + tw) * out_scale)
+                out[:, ys, xs] += result * weight
+                total[:, ys, xs] += weight
+        return out / total

@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from .dataset import SyntheticRAWDataset
 from .models import RVAE, LatentDenoiser
 from .schedulers import IRSDEScheduler, sample
-from .pipeline import develop_latent
+from .pipeline import STEP_CHOICES, develop_latent
 from .weights import ModelBundle, save_bundle
 
-STEP_CHOICES = (1, 2, 4, 8)
 
 
 def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator) -> dict:
