@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, List, NoReturn, Optional
+from typing import TYPE_CHECKING, Iterator, List, NoReturn, Optional
 
 import numpy as np
 import typer
@@ -28,6 +28,9 @@ from rich.table import Table
 from . import __version__
 from .output import FORMAT_EXTENSIONS, format_for, write_image
 from .rawio import RawImage, RawReadError, iter_raw_files, read_raw
+
+if TYPE_CHECKING:  # the pipeline (torch models) loads only once a command needs it
+    from .pipeline import Developer
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -53,12 +56,12 @@ class OutputFormat(str, Enum):
 
 def say_error(message: str) -> None:
     with _stderr_lock:
-        stderr.print(f"[bold red]error:[/] {escape(message)}")
+        stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def say_notice(message: str) -> None:
     with _stderr_lock:
-        stderr.print(f"[yellow]note:[/] {escape(message)}")
+        stderr.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
 
 
 def usage_error(message: str) -> NoReturn:
@@ -173,12 +176,13 @@ def _failure(job: Job, reason: str, started: float, debug: bool) -> Outcome:
     return Outcome(job.label, "failed", reason, time.perf_counter() - started)
 
 
-def run_jobs(jobs: list[Job], developer, write_options: dict, debug: bool) -> list[Outcome]:
+def run_jobs(jobs: list[Job], developer: Developer, write_options: dict, debug: bool) -> list[Outcome]:
     """Develop and write every job; the next file decodes in the background meanwhile."""
     outcomes: list[Outcome] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[current]}"))
-    with Progress(*columns, console=stdout, transient=True, disable=not stdout.is_terminal) as progress, \
+    # On stderr, like the error lines, so that rich keeps those above the bar.
+    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
         task = progress.add_task("developing", total=len(jobs), current="")
         upcoming: Future | None = pool.submit(decode, jobs[0].source) if jobs else None
@@ -230,10 +234,10 @@ def enhance(
                                            help="Write outputs to this folder (created if needed) "
                                                 "instead of beside the inputs."),
     fmt: Optional[OutputFormat] = typer.Option(None, "--format", show_default=False,
-                                               help="Output format [default: from -o's extension, else jpeg]."),
+                                               help="Output format (default: from -o's extension, else jpeg)."),
     bits: Optional[int] = typer.Option(None, "--bits", show_default=False,
                                        help="Bits per channel, 8 or 16, for TIFF and PNG "
-                                            "[default: 16; JPEG is always 8]."),
+                                            "(default: 16; JPEG is always 8)."),
     quality: int = typer.Option(92, "--quality", min=1, max=100, help="JPEG quality."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace existing outputs (by default they are skipped, "
