@@ -27,6 +27,7 @@ from rich.table import Table
 
 from . import __version__
 from .output import FORMAT_EXTENSIONS, format_for, write_image
+from .pipeline import DEFAULT_STEPS
 from .rawio import RawImage, RawReadError, iter_raw_files, read_raw
 
 if TYPE_CHECKING:  # the pipeline (torch models) loads only once a command needs it
@@ -250,6 +251,14 @@ def enhance(
     no_auto_exposure: bool = typer.Option(False, "--no-auto-exposure", help="Do not lift very dark frames."),
     classical: bool = typer.Option(False, "--classical",
                                    help="Use the fast classical ISP only, without the learned model."),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps",
+                              help="Diffusion sampling steps: 1 (fastest, deterministic), 2, 4 or 8 "
+                                   "(more: finer texture)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (half precision on CUDA)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise: same seed, same output."),
+    weights: Optional[str] = typer.Option(None, "--weights",
+                                          help="A .safetensors weights file, or 'hub' for the published copy "
+                                               "[default: the weights shipped with rawrestore]."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of failures."),
 ) -> None:
     """Develop RAW files to sRGB images, beside the inputs (photo.dng -> photo.jpg) by default."""
@@ -271,7 +280,8 @@ def enhance(
     jobs = plan_jobs(inputs, output, out_dir, FORMAT_EXTENSIONS[fmt_name])
     try:
         developer = Developer(DevelopOptions(exposure_ev=exposure, auto_exposure=not no_auto_exposure,
-                                             style=color_style, classical=classical))
+                                             style=color_style, classical=classical, steps=steps,
+                                             device=device, seed=seed, weights=weights))
     except ValueError as err:  # a bad option value: style, steps, device
         usage_error(str(err))
     except Exception as err:  # the model cannot be set up (weights missing or damaged)
@@ -373,3 +383,49 @@ def styles() -> None:
     stdout.print(table)
     stdout.print("Also accepted: a reference image (.jpg/.png/.tif) whose colour statistics are "
                  "matched, or a .cube 3D LUT file.", highlight=False)
+
+
+# --- demo, bench, train -----------------------------------------------------------------------
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("rawrestore-demo"), "--out-dir", help="Where to write the demo files."),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps", help="Diffusion sampling steps (1, 2, 4 or 8)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="A .safetensors weights file, or 'hub'."),
+) -> None:
+    """Make a noisy ISO 12800 DNG from a public-domain photo and develop it (no download)."""
+    from .demo import run_demo
+    from .pipeline import Developer, DevelopOptions
+
+    try:
+        developer = Developer(DevelopOptions(steps=steps, weights=weights))
+    except ValueError as err:
+        usage_error(str(err))
+    ensure_writable(out_dir)
+    started = time.perf_counter()
+    files = run_demo(out_dir, developer)
+    table = Table(title=f"rawrestore demo ({time.perf_counter() - started:.1f} s)", title_justify="left")
+    table.add_column("file", style="bold")
+    table.add_column("what")
+    table.add_row(escape(str(files.dng)), f"noisy RAW input, made from {escape(files.source)}")
+    table.add_row(escape(str(files.model)), f"rawrestore model, {steps} steps: PSNR {files.psnr_model:.2f} dB")
+    table.add_row(escape(str(files.classical)), f"classical ISP: PSNR {files.psnr_classical:.2f} dB")
+    table.add_row(escape(str(files.ground_truth)), "ground truth (the clean photo)")
+    table.add_row(escape(str(files.side_by_side)), "side by side: classical | rawrestore | ground truth")
+    stdout.print(table)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run the quality benchmark (options: rawrestore bench --help-bench)."""
+    from .bench import main as bench_main
+
+    bench_main([("--help" if a == "--help-bench" else a) for a in ctx.args])
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context) -> None:
+    """Train the model on synthetic RAW (options: rawrestore train --help-train)."""
+    from .train import main as train_main
+
+    train_main([("--help" if a == "--help-train" else a) for a in ctx.args])

@@ -191,7 +191,9 @@ def _from_rawpy(raw, path: Path) -> RawImage:
 
     exif = _exif_tags(path)
     other = raw.other if hasattr(raw, "other") else None
-    if other is not None:
+    # LibRaw's values only where exifread could not parse the container (CR3, RAF): when the
+    # EXIF says 0, LibRaw reports placeholders (1 s, f/1) rather than the truth.
+    if other is not None and not any(exif.values()):
         exif["iso"] = exif.get("iso") or (other.iso_speed or None)
         exif["exposure_time"] = exif.get("exposure_time") or (other.shutter_speed or None)
         exif["f_number"] = exif.get("f_number") or (other.aperture or None)

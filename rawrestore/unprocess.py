@@ -115,7 +115,7 @@ def synthesize(srgb: torch.Tensor, cam: CameraSample, generator: torch.Generator
                     exif=dict(exif or {}, iso=cam.iso), kind="bayer")
 
 
-def write_synthetic_dng(path, raw: RawImage, cam: CameraSample, **exif) -> None:
+def write_synthetic_dng(path, raw: RawImage, cam: CameraSample, **exif):
     """Write a synthesised RawImage as a DNG a real developer can open."""
     from .dng import write_dng
 
@@ -124,5 +124,5 @@ def write_synthetic_dng(path, raw: RawImage, cam: CameraSample, **exif) -> None:
         n = cam.noise.rescaled(cam.white - cam.black)
         # DNG NoiseProfile: variance = S * x + O on [0, 1] data.
         noise_profile = (n.K * n.ratio / n.white_range, n.variance(0.0))
-    write_dng(path, raw.mosaic, cam.cfa, cam.black, cam.white, cam.cam_from_xyz, cam.wb,
-              iso=cam.iso, noise_profile=noise_profile, **exif)
+    return write_dng(path, raw.mosaic, cam.cfa, cam.black, cam.white, cam.cam_from_xyz, cam.wb,
+                     iso=cam.iso, noise_profile=noise_profile, **exif)

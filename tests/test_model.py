@@ -1,0 +1,132 @@
+"""The learned model as shipped: weights integrity, tiling, colour steering, and real quality.
+
+These use the bundled weights (rawrestore/weights/), so a broken or untrained model fails here.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rawrestore.noise import eld_noise
+from rawrestore.pipeline import Developer, DevelopOptions, develop_tiled
+from rawrestore.rawio import RawImage
+from rawrestore.unprocess import random_camera, synthesize
+from rawrestore.weights import WeightsError, bundled_weights_path, load_bundle, load_weights, manifest
+
+from .conftest import run_cli
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / torch.mean((a.clamp(0, 1) - b) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def photo() -> torch.Tensor:
+    from skimage import data
+
+    return torch.from_numpy(data.astronaut()[96:352, 128:448].copy()).permute(2, 0, 1).float() / 255
+
+
+def noisy_raw(photo: torch.Tensor, iso: float, seed: int = 3, cfa: str = "GBRG") -> RawImage:
+    cam = random_camera(np.random.default_rng(seed), cfa=cfa)
+    cam.tone = False
+    cam.noise = eld_noise("CanonEOS5D4", iso)
+    return synthesize(photo, cam, torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model() -> Developer:
+    return Developer(DevelopOptions(auto_exposure=False))
+
+
+def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model):
+    raw = noisy_raw(photo, iso=6400)
+    classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
+    enhanced = model.develop(raw)
+    assert enhanced.shape == photo.shape
+    assert psnr(enhanced, photo) > psnr(classical, photo) + 4.0
+
+
+def test_model_does_not_damage_a_clean_raw(photo, model):
+    raw = noisy_raw(photo, iso=100)
+    classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
+    assert psnr(model.develop(raw), photo) > psnr(classical, photo) - 1.0
+
+
+def test_same_seed_same_output_and_steps_change_it(photo):
+    raw = noisy_raw(photo, iso=3200)
+    a = Developer(DevelopOptions(auto_exposure=False, steps=4, seed=1)).develop(raw)
+    b = Developer(DevelopOptions(auto_exposure=False, steps=4, seed=1)).develop(raw)
+    c = Developer(DevelopOptions(auto_exposure=False, steps=1)).develop(raw)
+    torch.testing.assert_close(a, b)
+    assert (a - c).abs().mean() > 1e-4
+
+
+def test_tiled_equals_untiled(photo):
+    bundle = load_weights()
+    raw = noisy_raw(photo, iso=1600)
+    dev = Developer(DevelopOptions(auto_exposure=False, steps=2))
+    whole = Developer(DevelopOptions(auto_exposure=False, steps=2, tile=1024))
+    small = Developer(DevelopOptions(auto_exposure=False, steps=2, tile=40, overlap=16))
+    assert dev.model is not None and bundle is not None
+    diff = (whole.develop(raw) - small.develop(raw)).abs()
+    assert float(diff.max()) < 4 / 255   # invisible: under four 8-bit levels anywhere
+    assert float(diff.mean()) < 0.2 / 255
+
+
+def test_color_style_changes_colours_and_keeps_structure(photo, model):
+    raw = noisy_raw(photo, iso=800)
+    natural = model.develop(raw)
+    mono = Developer(DevelopOptions(auto_exposure=False, style="mono")).develop(raw)
+    vivid = Developer(DevelopOptions(auto_exposure=False, style="vivid")).develop(raw)
+
+    def chroma(img):
+        return (img - img.mean(0, keepdim=True)).abs().mean()
+
+    def edges(img):
+        luma = img.mean(0)
+        return torch.cat([(luma[1:] - luma[:-1]).flatten(), (luma[:, 1:] - luma[:, :-1]).flatten()])
+
+    assert chroma(mono) < 0.25 * chroma(natural)
+    assert chroma(vivid) > 1.1 * chroma(natural)
+    for styled in (mono, vivid):
+        corr = np.corrcoef(edges(natural).numpy(), edges(styled).numpy())[0, 1]
+        assert corr > 0.9
+
+
+def test_weights_with_a_wrong_sha256_are_refused(tmp_path):
+    entry = manifest()
+    damaged = tmp_path / "damaged.safetensors"
+    shutil.copy(bundled_weights_path(entry), damaged)
+    data = bytearray(damaged.read_bytes())
+    data[-5] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        load_bundle(damaged, sha256=entry.sha256)
+    load_bundle(bundled_weights_path(entry), sha256=entry.sha256)  # the shipped file matches
+
+
+def test_manifest_matches_the_shipped_file():
+    from rawrestore.weights import sha256_of
+
+    entry = manifest()
+    path = bundled_weights_path(entry)
+    assert sha256_of(path) == entry.sha256
+    assert path.stat().st_size == entry.size
+
+
+def test_offline_hub_fails_with_a_clear_message(tmp_path, dng_factory):
+    import os
+
+    env_backup = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HOME")}
+    os.environ.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    try:
+        result = run_cli("enhance", dng_factory(), "--weights", "hub")
+    finally:
+        for k, v in env_backup.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert result.returncode == 1
+    assert "offline" in result.stderr and "Traceback" not in result.stderr
