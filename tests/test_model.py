@@ -16,7 +16,7 @@ from rawrestore.rawio import RawImage
 from rawrestore.unprocess import random_camera, synthesize
 from rawrestore.weights import WeightsError, bundled_weights_path, load_bundle, load_weights, manifest
 
-from .conftest import run_cli
+from conftest import run_cli
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
