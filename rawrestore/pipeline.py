@@ -89,8 +89,9 @@ class Developer:
         opts = self.options
         h, w = raw.mosaic.shape
         mosaic, offset = normalized_rggb(raw)
-        # Reflect-pad by an even amount (keeps the CFA phase) to whole latent pixels.
-        pad_y, pad_x = (-mosaic.shape[0]) % 4, (-mosaic.shape[1]) % 4
+        # Reflect-pad by an even amount (keeps the CFA phase) so that the latent grid (H/4) is a
+        # multiple of 4, as the denoiser's two downsamplings need.
+        pad_y, pad_x = (-mosaic.shape[0]) % 16, (-mosaic.shape[1]) % 16
         if pad_y or pad_x:
             mosaic = F.pad(mosaic[None, None], (0, pad_x, 0, pad_y), mode="reflect")[0, 0]
         packed = pack(mosaic)
