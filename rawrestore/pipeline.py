@@ -119,7 +119,7 @@ def develop_latent(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torc
         return bundle.denoiser(x_t, mu, color, noise_latent, t)
 
     latent = sample(denoise, mu, bundle.scheduler, num_steps, noises)
-    return bundle.rvae.decode(latent, color)
+    return bundle.rvae.decode(latent, color, x, noise_std)
 
 
 def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch.Tensor, num_steps: int,
@@ -145,7 +145,7 @@ def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch
         return tiler.run(fn, [(x_t[0], 1), (mu, 1), (color, 1), (noise_latent, 1)], mu.shape[0], 1)[None]
 
     latent = sample(denoise, mu[None], bundle.scheduler, num_steps, [n[None] for n in noises])[0]
-    return tiler.run(bundle.rvae.decode, [(latent, 1), (color, 1)], 3, 4)
+    return tiler.run(bundle.rvae.decode, [(latent, 1), (color, 1), (x, 2), (noise_std, 2)], 3, 4)
 
 
 class Tiler:

@@ -51,8 +51,8 @@ def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator) -> di
     x_t = torch.where(is_start.view(-1, 1, 1, 1), x_start, x_t)
     noise_lat = F.avg_pool2d(batch["noise_std"], 2)
     x0_hat = denoiser(x_t, mu, batch["color"], noise_lat, sched.time_input(t))
-    out = rvae.decode(x0_hat, batch["color"])
-    recon = rvae.decode(z_clean, batch["color"])
+    out = rvae.decode(x0_hat, batch["color"], batch["input"], batch["noise_std"])
+    recon = rvae.decode(z_clean, batch["color"], batch["clean_input"], batch["clean_std"])
     kl = 0.5 * (mean_c ** 2 + logvar_c.exp() - 1 - logvar_c).mean()
     return {
         "image": F.l1_loss(out, batch["target"]),
@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-size", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", default=None, help="write the EMA weights to this .safetensors at the end")
+    p.add_argument("--init", default=None,
+                   help="start a new run from another run's checkpoint (its weights only; layers the "
+                        "checkpoint lacks keep their initialisation, which makes them start as no-ops)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -121,6 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         say(f"resumed at step {step}, {elapsed / 60:.1f} min in")
     else:
         say(f"config {json.dumps(vars(args))}")
+        if args.init:
+            state = torch.load(args.init, weights_only=False)
+            missing, _ = bundle.load_state_dict(state["ema"], strict=False)
+            ema.load_state_dict(bundle.state_dict())
+            say(f"initialised from {args.init} (step {state['step']}); new: {', '.join(missing) or 'nothing'}")
 
     train = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
                                 darktable_profiles=args.darktable_profiles)

@@ -4,7 +4,7 @@ Encoder: packed canonical RGGB (4 channels at H/2, white-balanced, exposure appl
 per-pixel noise std (1 channel), space-to-depth to H/4 -> latent (``latent_channels`` at H/4):
 mean and log-variance.
 Decoder: latent + colour condition (both at H/4) -> display sRGB at full resolution H,
-upsampled by two pixel shuffles (H/4 -> H/2 -> H).
+upsampled by two pixel shuffles (H/4 -> H/2 -> H), with a skip from the RAW at H/2.
 """
 from __future__ import annotations
 
@@ -38,12 +38,22 @@ class RGBDecoder(nn.Module):
         self.stem = nn.Conv2d(latent_channels + 3, width, 3, padding=1)
         self.block_latent = ResBlock(width)
         self.up = nn.Conv2d(width, 4 * half_width, 1)
+        # A U-Net-style skip from the RAW at H/2 (as in Refusion's latent autoencoder): fine
+        # detail need not squeeze through the latent. Zero-initialised: it starts as a no-op.
+        self.raw_skip = nn.Sequential(nn.Conv2d(5, half_width, 3, padding=1), nn.SiLU(),
+                                      nn.Conv2d(half_width, half_width, 1))
+        nn.init.zeros_(self.raw_skip[2].weight)
+        nn.init.zeros_(self.raw_skip[2].bias)
         self.block_half = ResBlock(half_width)
+        self.block_half2 = ResBlock(half_width)
         self.head = nn.Conv2d(half_width, 12, 3, padding=1)
 
-    def forward(self, latent: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
+                noise_std: torch.Tensor) -> torch.Tensor:
         h = self.block_latent(F.silu(self.stem(torch.cat([latent, color], dim=1))))
-        h = self.block_half(F.silu(F.pixel_shuffle(self.up(h), 2)))
+        h = F.silu(F.pixel_shuffle(self.up(h), 2))
+        h = h + self.raw_skip(torch.cat([packed.clamp_min(0).sqrt(), noise_std.sqrt()], dim=1))
+        h = self.block_half2(self.block_half(h))
         # Residual on the colour condition: the decoder adds detail to the colours it was given.
         base = F.interpolate(color, scale_factor=4, mode="bilinear", align_corners=False)
         return base + F.pixel_shuffle(self.head(h), 2)
@@ -59,5 +69,6 @@ class RVAE(nn.Module):
     def encode(self, packed: torch.Tensor, noise_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(packed, noise_std)
 
-    def decode(self, latent: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latent, color)
+    def decode(self, latent: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
+               noise_std: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latent, color, packed, noise_std)
