@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from rawrestore.noise import eld_noise
-from rawrestore.pipeline import Developer, DevelopOptions, develop_tiled
+from rawrestore.pipeline import Developer, DevelopOptions
 from rawrestore.rawio import RawImage
 from rawrestore.unprocess import random_camera, synthesize
-from rawrestore.weights import WeightsError, bundled_weights_path, load_bundle, load_weights, manifest
+from rawrestore.weights import WeightsError, bundled_weights_path, load_bundle, manifest
 
 from conftest import run_cli
 
@@ -66,12 +66,9 @@ def test_same_seed_same_output_and_steps_change_it(photo):
 
 
 def test_tiled_equals_untiled(photo):
-    bundle = load_weights()
     raw = noisy_raw(photo, iso=1600)
-    dev = Developer(DevelopOptions(auto_exposure=False, steps=2))
     whole = Developer(DevelopOptions(auto_exposure=False, steps=2, tile=1024))
     small = Developer(DevelopOptions(auto_exposure=False, steps=2, tile=40, overlap=16))
-    assert dev.model is not None and bundle is not None
     diff = (whole.develop(raw) - small.develop(raw)).abs()
     assert float(diff.max()) < 4 / 255   # invisible: under four 8-bit levels anywhere
     assert float(diff.mean()) < 0.2 / 255
