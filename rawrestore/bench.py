@@ -466,7 +466,11 @@ def markdown(results: list[dict], levels: Sequence[Level], header: dict) -> str:
     lines += ["", "Notes:", f"- {EXPOSURE_NOTE}.",
               "- Noise: one seeded random camera per image (layout, matrix, WB, 12/14 bit, black level) and a "
               "calibrated ELD camera at its fitted read/row noise (Tukey-lambda read noise); low light is ISO 400 "
-              "exposed 30x or 100x shorter with the digital gain applied back (SID)."]
+              "exposed 30x or 100x shorter with the digital gain applied back (SID), the file tagged with the "
+              "effective ISO (12000, 40000).",
+              f"- Model weights: {header['weights']}. Timings are wall clock on this machine as it was: other "
+              "work on the cores (a training run) slows torch-based rows many times over; the command-line "
+              "peers' figures at these sizes are mostly process start-up."]
     for r in results:
         if r.get("skipped"):
             lines.append(f"- {r['name']}: skipped — {r['skipped']}")
@@ -479,8 +483,9 @@ def markdown(results: list[dict], levels: Sequence[Level], header: dict) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rawrestore bench", description=__doc__.split("\n\n")[0])
-    # The defaults keep a full run (model at 1/2/4/8 steps included) within about 15 minutes on
-    # 2 busy cores; RawTherapee refuses frames of 208 px or less.
+    # Default size: 8 x 6 = 48 DNGs of up to 224 x 224 px. Without the peers this is a few minutes
+    # on 2 idle cores; beside a 2-thread training run, torch-based rows (ours, the model) slow
+    # down many times over. RawTherapee refuses frames of 208 px or less.
     parser.add_argument("--images", type=int, default=8, help="validation photos used (default 8)")
     parser.add_argument("--size", type=int, default=224, help="centre crop side, px (default 224)")
     parser.add_argument("--levels", nargs="+", choices=list(LEVELS), default=list(LEVELS))
