@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .isp import srgb_decode, srgb_encode, tone_curve
 from .noise import NoiseParams, add_sensor_noise
@@ -82,6 +83,17 @@ def unprocess(srgb: torch.Tensor, cam: CameraSample) -> torch.Tensor:
     mask = ((gray - 0.9).clamp_min(0) / 0.1) ** 2
     safe = torch.maximum(mask + (1 - mask) * gains, gains)
     return (balanced * safe).clamp(0, 1)
+
+
+def optical_blur(srgb: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A lens's blur before the sensor samples the scene: a Gaussian of ``sigma`` pixels applied in
+    linear light, so a clean photo looks like what real optics deliver to a Bayer sensor."""
+    radius = max(1, int(3 * sigma + 0.5))
+    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    taps = taps / taps.sum()
+    linear = F.pad(srgb_decode(srgb)[:, None], (radius, radius, radius, radius), mode="reflect")
+    linear = F.conv2d(F.conv2d(linear, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1))[:, 0]
+    return srgb_encode(linear)
 
 
 def mosaic(camera_rgb: torch.Tensor, cfa: str) -> torch.Tensor:
