@@ -15,7 +15,7 @@ _CFA_CODES = {"R": 0, "G": 1, "B": 2}
 _D65 = 21
 
 
-def _rationals(values, signed: bool = False) -> list[int]:
+def _rationals(values) -> list[int]:
     out = []
     for v in np.asarray(values, dtype=np.float64).ravel():
         f = Fraction(float(v)).limit_denominator(1_000_000)
@@ -56,7 +56,7 @@ def write_dng(path: str | Path, mosaic: np.ndarray, cfa: str, black: float, whit
         (50713, 3, 2, (1, 1), True),                            # BlackLevelRepeatDim
         (50714, 5, 1, _rationals([black]), True),               # BlackLevel
         (50717, 4, 1, int(round(white)), True),                 # WhiteLevel
-        (50721, 10, 9, _rationals(cam_from_xyz, signed=True), True),  # ColorMatrix1
+        (50721, 10, 9, _rationals(cam_from_xyz), True),  # ColorMatrix1
         (50778, 3, 1, _D65, True),                              # CalibrationIlluminant1
         (50728, 5, 3, _rationals(neutral), True),               # AsShotNeutral
     ]
