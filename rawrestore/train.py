@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", default=None, help="write the EMA weights to this .safetensors at the end")
     p.add_argument("--init", default=None,
-                   help="start a new run from another run's checkpoint (its weights only; layers the "
-                        "checkpoint lacks keep their initialisation, which makes them start as no-ops)")
+                   help="start a new run from another run's checkpoint.pt or a weights .safetensors "
+                        "(weights only; layers it lacks keep their initialisation, which makes them "
+                        "start as no-ops)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -125,10 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         say(f"config {json.dumps(vars(args))}")
         if args.init:
-            state = torch.load(args.init, weights_only=False)
-            missing, _ = bundle.load_state_dict(state["ema"], strict=False)
+            if args.init.endswith(".safetensors"):  # shipped weights (e.g. rawrestore/weights/)
+                from safetensors.torch import load_file
+                weights = load_file(args.init)
+            else:
+                weights = torch.load(args.init, weights_only=False)["ema"]
+            missing, _ = bundle.load_state_dict(weights, strict=False)
             ema.load_state_dict(bundle.state_dict())
-            say(f"initialised from {args.init} (step {state['step']}); new: {', '.join(missing) or 'nothing'}")
+            say(f"initialised from {args.init}; new: {', '.join(missing) or 'nothing'}")
 
     train = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
                                 darktable_profiles=args.darktable_profiles)
