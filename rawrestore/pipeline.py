@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .conditioning import binned_linear, model_input, render_condition
-from .isp import auto_exposure_gain, crop_back, develop_classical, normalized_rggb, orient, pack
+from .isp import crop_back, develop_classical, exposure_gain, normalized_rggb, orient, pack
 from .noise import estimate_noise
 from .rawio import RawImage
 from .styles import get_style
@@ -95,9 +95,7 @@ class Developer:
         if pad_y or pad_x:
             mosaic = F.pad(mosaic[None, None], (0, pad_x, 0, pad_y), mode="reflect")[0, 0]
         packed = pack(mosaic)
-        gain = 2.0 ** opts.exposure_ev
-        if opts.auto_exposure:
-            gain *= auto_exposure_gain(binned_linear(packed, raw.wb, raw.srgb_from_cam) * gain)
+        gain = exposure_gain(binned_linear(packed, raw.wb, raw.srgb_from_cam), opts.exposure_ev, opts.auto_exposure)
         x, noise_std = model_input(packed, raw.wb, gain, noise=estimate_noise(packed))
         color = self.style(render_condition(packed, raw.wb, raw.srgb_from_cam, gain))
         image = develop_tiled(self.model, x, noise_std, color, opts.steps, opts.seed, opts.tile, opts.overlap,
