@@ -408,7 +408,7 @@ def demo(
     table.add_column("file", style="bold")
     table.add_column("what")
     table.add_row(escape(str(files.dng)), f"noisy RAW input, made from {escape(files.source)}")
-    table.add_row(escape(str(files.model)), f"rawrestore model, {steps} steps: PSNR {files.psnr_model:.2f} dB")
+    table.add_row(escape(str(files.model)), f"rawrestore model, {steps} step{'s' if steps > 1 else ''}: PSNR {files.psnr_model:.2f} dB")
     table.add_row(escape(str(files.classical)), f"classical ISP: PSNR {files.psnr_classical:.2f} dB")
     table.add_row(escape(str(files.ground_truth)), "ground truth (the clean photo)")
     table.add_row(escape(str(files.side_by_side)), "side by side: classical | rawrestore | ground truth")
