@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .isp import apply_matrix, site_values, srgb_encode
+from .isp import apply_matrix, demosaic, site_values, srgb_encode, unpack, white_balance_mosaic
 from .noise import estimate_noise, noise_std_map
 
 
@@ -40,3 +40,19 @@ def render_condition(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.nda
     2x2 down to the latent grid (H/4)."""
     display = srgb_encode(binned_linear(packed, wb, srgb_from_cam) * gain)
     return F.avg_pool2d(display[None], 2)[0]
+
+
+def upsample_condition(condition: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) at the latent grid -> (B, C, 4h, 4w): how the decoder brings the condition up."""
+    return F.interpolate(condition, scale_factor=4, mode="bilinear", align_corners=False)
+
+
+def render_detail(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray, gain: float = 1.0
+                  ) -> torch.Tensor:
+    """The fine detail the colour condition lacks, at full resolution (3, H, W): the classical
+    render (the ISP's demosaic, exposed, sRGB-encoded) minus its latent-grid average brought back up
+    as the decoder brings the condition up. The decoder adds a learned per-pixel share of it: all
+    of it on clean data, little where it is mostly noise."""
+    linear = apply_matrix(demosaic(white_balance_mosaic(unpack(packed), wb)), srgb_from_cam)
+    display = srgb_encode(linear * gain)
+    return display - upsample_condition(F.avg_pool2d(display[None], 4))[0]

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .conditioning import model_input, render_condition
+from .conditioning import model_input, render_condition, render_detail
 from .isp import pack
 from .noise import NoiseParams, add_sensor_noise, darktable_noise, eld_cameras, eld_noise
-from .unprocess import mosaic, random_camera, unprocess
+from .unprocess import mosaic, optical_blur, random_camera, unprocess
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 NOT_PHOTOGRAPHS = {"comic.png", "ppt3.png"}
@@ -131,6 +131,10 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, index])
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         photo = self._pick(rng)
+        # A lens's softness (as the benchmark and real optics have); the blurred photo is the truth.
+        sigma = rng.uniform(0.0, 1.0)
+        if sigma > 0.2:
+            photo = optical_blur(photo, sigma)
         cam = random_camera(rng, cfa="RGGB")
         cam.tone = False
         noise = sample_noise(rng, self.darktable).rescaled(cam.white - cam.black)
@@ -145,6 +149,9 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
         x_clean, clean_std = model_input(clean, wb_told, noise=(0.0, 1e-8))
 
         color = render_condition(noisy, cam.wb, cam.srgb_from_cam)  # what inference computes
+        # Detail always comes from the camera's own render, never from the look: as at inference.
+        detail = render_detail(noisy, cam.wb, cam.srgb_from_cam)
+        clean_detail = render_detail(clean, cam.wb, cam.srgb_from_cam)
         target = photo
         if rng.random() < self.restyle_probability:
             target = random_look(photo, rng)
@@ -156,4 +163,4 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
             color = F.conv2d(F.pad(color[:, None], (3, 3, 3, 3), mode="replicate"), (k[:, None] * k[None])[None, None])[:, 0]
         color = color + torch.randn(color.shape, generator=gen) * rng.uniform(0, 0.02)
         return {"input": x, "noise_std": noise_std, "clean_input": x_clean, "clean_std": clean_std,
-                "color": color.clamp(0, 1), "target": target}
+                "color": color.clamp(0, 1), "detail": detail, "clean_detail": clean_detail, "target": target}

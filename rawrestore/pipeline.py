@@ -2,20 +2,22 @@
 
 Model path: read RAW -> unify the mosaic to RGGB and pack it -> exposure -> blind noise estimate
 -> colour condition (fast classical render + ``--color-style``) -> RVAE encode -> few-step IR-SDE
-sampling in the latent -> RVAE decode -> crop, orient. Every network runs in overlapping tiles
-blended with feathered weights, so memory is bounded by the tile, not the image. Non-Bayer
-files and ``classical=True`` take the classical ISP instead.
+sampling in the latent -> RVAE decode (with the classical render's fine detail, gated) -> crop,
+orient. Every network runs in overlapping tiles blended with feathered weights, so memory is
+bounded by the tile, not the image. Non-Bayer files and ``classical=True`` take the classical
+ISP instead.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .conditioning import binned_linear, model_input, render_condition
+from .conditioning import binned_linear, model_input, render_condition, render_detail
 from .isp import crop_back, develop_classical, exposure_gain, normalized_rggb, orient, pack
 from .noise import estimate_noise
 from .rawio import RawImage
@@ -23,6 +25,7 @@ from .styles import get_style
 
 DEFAULT_STEPS = 1  # 2, 4 and 8 measured no better with the shipped weights (README)
 STEP_CHOICES = (1, 2, 4, 8)
+RVAE_OVERLAP = 12  # latent pixels; twice the RVAE's receptive radius
 
 
 @dataclass
@@ -98,15 +101,16 @@ class Developer:
         gain = exposure_gain(binned_linear(packed, raw.wb, raw.srgb_from_cam), opts.exposure_ev, opts.auto_exposure)
         x, noise_std = model_input(packed, raw.wb, gain, noise=estimate_noise(packed))
         color = self.style(render_condition(packed, raw.wb, raw.srgb_from_cam, gain))
-        image = develop_tiled(self.model, x, noise_std, color, opts.steps, opts.seed, opts.tile, opts.overlap,
-                              self.device, self.dtype)
+        detail_of = partial(render_detail, wb=raw.wb, srgb_from_cam=raw.srgb_from_cam, gain=gain)
+        image = develop_tiled(self.model, x, noise_std, color, packed, detail_of, opts.steps, opts.seed,
+                              opts.tile, opts.overlap, self.device, self.dtype)
         return orient(crop_back(image.clamp(0, 1), offset, (h, w)), raw.orientation)
 
 
 # --- The model on prepared inputs ----------------------------------------------------------------
 
-def develop_latent(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch.Tensor, num_steps: int,
-                   noises: list[torch.Tensor] | None = None) -> torch.Tensor:
+def develop_latent(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch.Tensor,
+                   detail: torch.Tensor, num_steps: int, noises: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Untiled: encode -> few-step IR-SDE sampling -> decode, on batched inputs (B, ...)."""
     from .schedulers import sample
 
@@ -117,23 +121,29 @@ def develop_latent(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torc
         return bundle.denoiser(x_t, mu, color, noise_latent, t)
 
     latent = sample(denoise, mu, bundle.scheduler, num_steps, noises)
-    return bundle.rvae.decode(latent, color, x, noise_std)
+    return bundle.rvae.decode(latent, color, x, noise_std, detail)
 
 
-def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch.Tensor, num_steps: int,
-                  seed: int, tile: int, overlap: int, device: torch.device = torch.device("cpu"),
+def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
+                  detail_of: Callable[[torch.Tensor], torch.Tensor], num_steps: int, seed: int, tile: int,
+                  overlap: int, device: torch.device = torch.device("cpu"),
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One image (unbatched inputs at H/2 and H/4) through the model, every network tiled.
 
     The sampler's state lives at the whole latent grid (small: 16 channels at H/4); only the
     networks see tiles. Noise is drawn for the whole grid from ``seed``, so the result does not
-    depend on the tiling.
+    depend on the tiling. The decoder's full-resolution detail input is rendered per tile by
+    ``detail_of`` from the ``packed`` RAW tile: a whole 24 MP frame of it would cost several
+    seconds of memory traffic, a tile stays in cache.
     """
     from .schedulers import sample
 
     tiler = Tiler(tile, overlap, device, dtype)
+    # The RVAE sees at most 6 latent pixels around a point (a few 3x3 convolutions), the UNet
+    # far more: the RVAE's tiles need less overlap, which saves 1/8 of its work.
+    rvae_tiler = Tiler(tile, min(overlap, RVAE_OVERLAP), device, dtype)
     noise_latent = F.avg_pool2d(noise_std[None], 2)[0]
-    mu = tiler.run(lambda xs, ss: bundle.rvae.encode(xs, ss)[0], [(x, 2), (noise_std, 2)],
+    mu = rvae_tiler.run(lambda xs, ss: bundle.rvae.encode(xs, ss)[0], [(x, 2), (noise_std, 2)],
                    bundle.rvae.latent_channels, 1)
     gen = torch.Generator().manual_seed(seed)
     noises = [torch.randn(mu.shape, generator=gen) for _ in range(num_steps)]
@@ -143,7 +153,12 @@ def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch
         return tiler.run(fn, [(x_t[0], 1), (mu, 1), (color, 1), (noise_latent, 1)], mu.shape[0], 1)[None]
 
     latent = sample(denoise, mu[None], bundle.scheduler, num_steps, [n[None] for n in noises])[0]
-    return tiler.run(bundle.rvae.decode, [(latent, 1), (color, 1), (x, 2), (noise_std, 2)], 3, 4)
+
+    def decode(latent_tile, color_tile, x_tile, std_tile, packed_tile):
+        detail = detail_of(packed_tile[0])[None].contiguous(memory_format=torch.channels_last)
+        return bundle.rvae.decode(latent_tile, color_tile, x_tile, std_tile, detail)
+
+    return rvae_tiler.run(decode, [(latent, 1), (color, 1), (x, 2), (noise_std, 2), (packed, 2)], 3, 4)
 
 
 class Tiler:

@@ -4,7 +4,8 @@
 
 Each step: encode the clean and the noisy RAW (RVAE), draw a step count N from the offered ones
 and a time on that N-step grid (the start state is the DTDM one, mu + noise; later times are the
-SDE marginal around the clean latent), predict x0, decode it with the colour condition.
+SDE marginal around the clean latent), predict x0, decode it with the colour condition and
+the classical render's detail.
 Loss = L1(decoded x0, target) + L1(decoded clean latent, target) + 0.1 L1(x0, clean latent)
 + a small KL term. Checkpoints every few minutes (resume by running the same command again),
 EMA weights, a log file, and a validation PSNR (2-step sampler) every ``--val-every`` steps.
@@ -51,8 +52,8 @@ def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator) -> di
     x_t = torch.where(is_start.view(-1, 1, 1, 1), x_start, x_t)
     noise_lat = F.avg_pool2d(batch["noise_std"], 2)
     x0_hat = denoiser(x_t, mu, batch["color"], noise_lat, sched.time_input(t))
-    out = rvae.decode(x0_hat, batch["color"], batch["input"], batch["noise_std"])
-    recon = rvae.decode(z_clean, batch["color"], batch["clean_input"], batch["clean_std"])
+    out = rvae.decode(x0_hat, batch["color"], batch["input"], batch["noise_std"], batch["detail"])
+    recon = rvae.decode(z_clean, batch["color"], batch["clean_input"], batch["clean_std"], batch["clean_detail"])
     kl = 0.5 * (mean_c ** 2 + logvar_c.exp() - 1 - logvar_c).mean()
     return {
         "image": F.l1_loss(out, batch["target"]),
@@ -74,7 +75,8 @@ def validate(bundle: ModelBundle, val: list[dict], num_steps: int = 2) -> float:
         gen = torch.Generator().manual_seed(i)
         noises = [torch.randn((1, bundle.rvae.latent_channels, *batch["color"].shape[-2:]), generator=gen)
                   for _ in range(num_steps)]
-        out = develop_latent(bundle, batch["input"], batch["noise_std"], batch["color"], num_steps, noises)
+        out = develop_latent(bundle, batch["input"], batch["noise_std"], batch["color"], batch["detail"],
+                             num_steps, noises)
         scores.append(psnr(out, batch["target"]))
     return float(np.mean(scores))
 

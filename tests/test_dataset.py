@@ -72,6 +72,7 @@ def test_shapes_are_consistent(photo_dir):
         assert sample["noise_std"].shape == (1, CROP // 2, CROP // 2)
         assert sample["clean_std"].shape == (1, CROP // 2, CROP // 2)
         assert sample["color"].shape == (3, CROP // 4, CROP // 4)
+        assert sample["detail"].shape == sample["clean_detail"].shape == (3, CROP, CROP)
         assert sample["target"].shape == (3, CROP, CROP)
         for key, value in sample.items():
             assert value.dtype == torch.float32 and torch.isfinite(value).all(), key

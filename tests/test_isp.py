@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rawrestore.isp import demosaic, develop_classical, pack, to_rggb, unpack
+from rawrestore.conditioning import render_condition, render_detail, upsample_condition
+from rawrestore.isp import demosaic, demosaic_in_strips, develop_classical, normalized_rggb, pack, to_rggb, unpack
 from rawrestore.rawio import read_raw
 
 from conftest import CAM_FROM_XYZ, PATCHES, make_dng
@@ -85,3 +86,34 @@ def test_demosaic_is_exact_on_flat_colour():
     mosaic = torch.empty(16, 16)
     mosaic[0::2, 0::2], mosaic[0::2, 1::2], mosaic[1::2, 0::2], mosaic[1::2, 1::2] = rgb[0], rgb[1], rgb[1], rgb[2]
     torch.testing.assert_close(demosaic(mosaic)[:, 4:-4, 4:-4], rgb[:, None, None].expand(3, 8, 8))
+
+
+def test_demosaic_follows_edges_on_a_photo():
+    # A directional demosaic keeps edges that a fixed-kernel one zips: on this (lens-blurred)
+    # photo, bilinear interpolation gives 37.7 dB and Malvar-He-Cutler 42.0 dB; ours 43.2 dB.
+    from skimage import data
+
+    from rawrestore.unprocess import mosaic, optical_blur
+
+    photo = optical_blur(torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255, 0.7)
+    error = (demosaic(mosaic(photo, "RGGB")).clamp(0, 1) - photo)[:, 8:-8, 8:-8]
+    assert float(10 * torch.log10(1 / error.pow(2).mean())) > 42.8
+
+
+def test_demosaic_in_strips_is_the_same_demosaic():
+    mosaic = torch.rand(70, 52)
+    torch.testing.assert_close(demosaic_in_strips(mosaic, rows=16), demosaic(mosaic), rtol=0, atol=0)
+
+
+def test_condition_plus_detail_is_the_classical_render(tmp_path):
+    # The decoder's base with its detail gate fully open: the colour condition (H/4) brought up
+    # plus the detail must give back the classical development, in colour and exposure.
+    raw = read_raw(make_dng(tmp_path / "patches.dng"))
+    packed = pack(normalized_rggb(raw)[0])
+    gain = 1.7
+    color = render_condition(packed, raw.wb, raw.srgb_from_cam, gain)
+    detail = render_detail(packed, raw.wb, raw.srgb_from_cam, gain)
+    assert detail.shape == (3, *raw.mosaic.shape)
+    rebuilt = upsample_condition(color[None])[0] + detail
+    classical = develop_classical(raw, gain=gain)
+    assert float((rebuilt - classical).abs().mean()) < 0.01

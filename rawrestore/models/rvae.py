@@ -4,7 +4,8 @@ Encoder: packed canonical RGGB (4 channels at H/2, white-balanced, exposure appl
 per-pixel noise std (1 channel), space-to-depth to H/4 -> latent (``latent_channels`` at H/4):
 mean and log-variance.
 Decoder: latent + colour condition (both at H/4) -> display sRGB at full resolution H,
-upsampled by two pixel shuffles (H/4 -> H/2 -> H), with a skip from the RAW at H/2.
+upsampled by two pixel shuffles (H/4 -> H/2 -> H), with a skip from the RAW at H/2 and a gated
+share of the classical render's fine detail at H.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..conditioning import upsample_condition
 from .blocks import ResBlock
 
 
@@ -47,16 +49,24 @@ class RGBDecoder(nn.Module):
         self.block_half = ResBlock(half_width)
         self.block_half2 = ResBlock(half_width)
         self.head = nn.Conv2d(half_width, 12, 3, padding=1)
+        # Per output pixel and colour, how much of the classical render's fine detail to keep.
+        # Starts nearly closed (sigmoid(-3) = 0.05), so it begins close to a decoder without it.
+        self.detail_gate = nn.Conv2d(half_width, 12, 3, padding=1)
+        nn.init.zeros_(self.detail_gate.weight)
+        nn.init.constant_(self.detail_gate.bias, -3.0)
 
     def forward(self, latent: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
-                noise_std: torch.Tensor) -> torch.Tensor:
+                noise_std: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
         h = self.block_latent(F.silu(self.stem(torch.cat([latent, color], dim=1))))
         h = F.silu(F.pixel_shuffle(self.up(h), 2))
         h = h + self.raw_skip(torch.cat([packed.clamp_min(0).sqrt(), noise_std.sqrt()], dim=1))
         h = self.block_half2(self.block_half(h))
         # Residual on the colour condition: the decoder adds detail to the colours it was given.
-        base = F.interpolate(color, scale_factor=4, mode="bilinear", align_corners=False)
-        return base + F.pixel_shuffle(self.head(h), 2)
+        # Demosaicking and denoising at full resolution is too much for a network this small on a
+        # CPU; a classical demosaic is cheap and exact on clean data, so the decoder chooses per
+        # pixel how much of its detail to trust, and adds a learned correction.
+        gate = torch.sigmoid(F.pixel_shuffle(self.detail_gate(h), 2))
+        return upsample_condition(color) + gate * detail + F.pixel_shuffle(self.head(h), 2)
 
 
 class RVAE(nn.Module):
@@ -70,5 +80,5 @@ class RVAE(nn.Module):
         return self.encoder(packed, noise_std)
 
     def decode(self, latent: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
-               noise_std: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latent, color, packed, noise_std)
+               noise_std: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latent, color, packed, noise_std, detail)
