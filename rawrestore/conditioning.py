@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .isp import apply_matrix, demosaic, site_values, srgb_encode, unpack, white_balance_mosaic
+from .isp import apply_matrix, linear_from_mosaic, site_values, srgb_encode, unpack
 from .noise import estimate_noise, noise_std_map
 
 
@@ -53,6 +53,5 @@ def render_detail(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarra
     render (the ISP's demosaic, exposed, sRGB-encoded) minus its latent-grid average brought back up
     as the decoder brings the condition up. The decoder adds a learned per-pixel share of it: all
     of it on clean data, little where it is mostly noise."""
-    linear = apply_matrix(demosaic(white_balance_mosaic(unpack(packed), wb)), srgb_from_cam)
-    display = srgb_encode(linear * gain)
+    display = srgb_encode(linear_from_mosaic(unpack(packed), wb, srgb_from_cam) * gain)
     return display - upsample_condition(F.avg_pool2d(display[None], 4))[0]

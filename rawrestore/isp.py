@@ -198,14 +198,18 @@ def exposure_gain(linear_rgb: torch.Tensor, exposure_ev: float, auto_exposure: b
     return gain
 
 
+def linear_from_mosaic(mosaic: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray) -> torch.Tensor:
+    """Normalised RGGB mosaic (H, W) -> linear sRGB (3, H, W): white balance, demosaic, matrix."""
+    return apply_matrix(demosaic_in_strips(white_balance_mosaic(mosaic, wb)), srgb_from_cam)
+
+
 def develop_linear(raw: RawImage) -> torch.Tensor:
     """Linear sRGB (3, H, W), not oriented, before exposure: LibRaw's own for non-Bayer files."""
     if not raw.is_bayer:
         return torch.from_numpy(np.ascontiguousarray(raw.rgb.transpose(2, 0, 1)))
     h, w = raw.mosaic.shape
     mosaic, offset = normalized_rggb(raw)
-    rgb = demosaic_in_strips(white_balance_mosaic(mosaic, raw.wb))
-    return apply_matrix(crop_back(rgb, offset, (h, w)), raw.srgb_from_cam)
+    return crop_back(linear_from_mosaic(mosaic, raw.wb, raw.srgb_from_cam), offset, (h, w))
 
 
 def develop_classical(raw: RawImage, exposure_ev: float = 0.0, auto_exposure: bool = True,
