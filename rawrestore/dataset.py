@@ -6,12 +6,14 @@ is divisible by 6, so an image is never in both, whatever folder it is found in.
 
 Each sample: a random crop of a random photo (probability proportional to its area), a random
 flip/transpose of the *sRGB* crop (the mosaic is made afterwards, so the CFA layout stays right),
+a 0.3-1 px optics blur,
 a random camera (matrix, white balance, bit depth, black level), a random noise level from the
 calibrated models (ISO 50-40000, or low light x2-x300 with the digital gain applied back), and the
 colour condition: the fast classical render of the noisy RAW at the latent grid, as at inference;
 for half the samples the target gets a random colour look and the condition carries that look
-(plus the real render noise of this RAW). It is blurred and perturbed, and the model is told a
-slightly wrong white balance, so that it must take colour from the condition and detail from the RAW.
+(plus the real render noise of this RAW). It is blurred and perturbed (``degrade_condition``;
+off, with no looks, gives the inference distribution), and the model is told a slightly wrong
+white balance, so that it must take colour from the condition and detail from the RAW.
 """
 from __future__ import annotations
 
@@ -84,12 +86,14 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
     """Map-style and seeded: item ``i`` is the same sample every time (for a given seed)."""
 
     def __init__(self, roots, split: str = "train", crop: int = 256, length: int = 1_000_000, seed: int = 0,
-                 darktable_profiles: str | Path | None = None, restyle_probability: float = 0.5):
+                 darktable_profiles: str | Path | None = None, restyle_probability: float = 0.5,
+                 degrade_condition: bool = True):
         self.paths = list_photos(roots, split)
         if not self.paths:
             raise FileNotFoundError(f"no {split} photos under {roots}")
         self.crop, self.length, self.seed = crop, length, seed
         self.restyle_probability = restyle_probability
+        self.degrade_condition = degrade_condition
         self._cache: dict[int, torch.Tensor] = {}
         self._areas = None
         if darktable_profiles and Path(darktable_profiles).exists():
@@ -131,10 +135,10 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, index])
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         photo = self._pick(rng)
-        # A lens's softness (as the benchmark and real optics have); the blurred photo is the truth.
-        sigma = rng.uniform(0.0, 1.0)
-        if sigma > 0.2:
-            photo = optical_blur(photo, sigma)
+        # A lens's (and anti-aliasing filter's) softness, as real optics deliver it to the sensor:
+        # these photos were downscaled and are sharper at the pixel than any RAW. The blurred
+        # photo is the truth.
+        photo = optical_blur(photo, rng.uniform(0.3, 1.0))
         cam = random_camera(rng, cfa="RGGB")
         cam.tone = False
         noise = sample_noise(rng, self.darktable).rescaled(cam.white - cam.black)
@@ -156,11 +160,12 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
         if rng.random() < self.restyle_probability:
             target = random_look(photo, rng)
             color = F.avg_pool2d(target[None], 4)[0] + color - render_condition(clean, cam.wb, cam.srgb_from_cam)
-        blur = rng.uniform(0.0, 1.5)
+        blur = rng.uniform(0.0, 1.5) if self.degrade_condition else 0.0
         if blur > 0.3:
             k = torch.exp(-torch.arange(-3, 4, dtype=torch.float32) ** 2 / (2 * blur ** 2))
             k = (k / k.sum())
             color = F.conv2d(F.pad(color[:, None], (3, 3, 3, 3), mode="replicate"), (k[:, None] * k[None])[None, None])[:, 0]
-        color = color + torch.randn(color.shape, generator=gen) * rng.uniform(0, 0.02)
+        if self.degrade_condition:
+            color = color + torch.randn(color.shape, generator=gen) * rng.uniform(0, 0.02)
         return {"input": x, "noise_std": noise_std, "clean_input": x_clean, "clean_std": clean_std,
                 "color": color.clamp(0, 1), "detail": detail, "clean_detail": clean_detail, "target": target}

@@ -8,7 +8,11 @@ SDE marginal around the clean latent), predict x0, decode it with the colour con
 the classical render's detail.
 Loss = L1(decoded x0, target) + L1(decoded clean latent, target) + 0.1 L1(x0, clean latent)
 + a small KL term. Checkpoints every few minutes (resume by running the same command again),
-EMA weights, a log file, and a validation PSNR (2-step sampler) every ``--val-every`` steps.
+EMA weights, a log file, and a validation PSNR (2-step sampler, on the inference distribution)
+every ``--val-every`` steps.
+
+A second, short stage calibrates the decoder's classical share on the inference distribution,
+everything else frozen: ``--train-only rvae.decoder.classical_share --clean-condition``.
 """
 from __future__ import annotations
 
@@ -99,6 +103,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="start a new run from another run's checkpoint.pt or a weights .safetensors "
                         "(weights only; layers it lacks keep their initialisation, which makes them "
                         "start as no-ops)")
+    p.add_argument("--train-only", default=None, metavar="PREFIX",
+                   help="train only the parameters whose names start with PREFIX (a calibration stage, "
+                        "e.g. rvae.decoder.classical_share); the rest stay frozen")
+    p.add_argument("--clean-condition", action="store_true",
+                   help="train on the inference distribution: the colour condition neither degraded nor "
+                        "restyled (for calibrating the decoder's classical share)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -114,7 +124,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     bundle = ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler())
     ema = copy.deepcopy(bundle)
-    params = list(bundle.rvae.parameters()) + list(bundle.denoiser.parameters())
+    params = []
+    for name, param in bundle.named_parameters():
+        param.requires_grad_(not args.train_only or name.startswith(args.train_only))
+        if param.requires_grad:
+            params.append(param)
+    if not params:
+        raise SystemExit(f"--train-only {args.train_only}: no parameter has that prefix")
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
@@ -137,9 +153,12 @@ def main(argv: list[str] | None = None) -> None:
             ema.load_state_dict(bundle.state_dict())
             say(f"initialised from {args.init}; new: {', '.join(missing) or 'nothing'}")
 
+    condition = {"restyle_probability": 0.0, "degrade_condition": False} if args.clean_condition else {}
     train = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
-                                darktable_profiles=args.darktable_profiles)
-    val_set = SyntheticRAWDataset(args.data, "val", crop=args.crop, seed=12345, restyle_probability=0.0)
+                                darktable_profiles=args.darktable_profiles, **condition)
+    # Validation as at inference: the colour condition neither degraded nor restyled.
+    val_set = SyntheticRAWDataset(args.data, "val", crop=args.crop, seed=12345, restyle_probability=0.0,
+                                  degrade_condition=False)
     val = [val_set[i] for i in range(args.val_size)]
     say(f"{len(train.paths)} training photos, {len(val_set.paths)} validation photos")
     loader = torch.utils.data.DataLoader(

@@ -90,14 +90,15 @@ def test_demosaic_is_exact_on_flat_colour():
 
 def test_demosaic_follows_edges_on_a_photo():
     # A directional demosaic keeps edges that a fixed-kernel one zips: on this (lens-blurred)
-    # photo, bilinear interpolation gives 37.7 dB and Malvar-He-Cutler 42.0 dB; ours 43.2 dB.
+    # photo, bilinear interpolation gives 37.7 dB, Malvar-He-Cutler 42.0 dB, weighted
+    # Hamilton-Adams 43.2 dB; ours (RCD) 45.6 dB.
     from skimage import data
 
     from rawrestore.unprocess import mosaic, optical_blur
 
     photo = optical_blur(torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255, 0.7)
     error = (demosaic(mosaic(photo, "RGGB")).clamp(0, 1) - photo)[:, 8:-8, 8:-8]
-    assert float(10 * torch.log10(1 / error.pow(2).mean())) > 42.8
+    assert float(10 * torch.log10(1 / error.pow(2).mean())) > 45.3
 
 
 def test_demosaic_in_strips_is_the_same_demosaic():
@@ -116,4 +117,4 @@ def test_condition_plus_detail_is_the_classical_render(tmp_path):
     assert detail.shape == (3, *raw.mosaic.shape)
     rebuilt = upsample_condition(color[None])[0] + detail
     classical = develop_classical(raw, gain=gain)
-    assert float((rebuilt - classical).abs().mean()) < 0.01
+    torch.testing.assert_close(rebuilt, classical, rtol=0, atol=1e-5)

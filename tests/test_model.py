@@ -43,9 +43,9 @@ def model() -> Developer:
     return Developer(DevelopOptions(auto_exposure=False))
 
 
-@pytest.mark.parametrize("iso, margin", [(6400, 0.6), (25600, 2.0)])
+@pytest.mark.parametrize("iso, margin", [(6400, 1.0), (25600, 1.8)])
 def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin):
-    # Shipped weights measured +1.0 dB at ISO 6400 and +2.7 dB at ISO 25600 on this photo.
+    # Shipped weights measured +1.6 dB at ISO 6400 and +2.5 dB at ISO 25600 on this photo.
     raw = noisy_raw(photo, iso=iso)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
     enhanced = model.develop(raw)
@@ -54,11 +54,12 @@ def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin)
 
 
 def test_model_stays_close_on_a_clean_raw(photo, model):
-    # The shipped model is 3.3 dB below the classical ISP at ISO 100 here (it smooths fine
-    # detail; see the README); this guards against anything worse.
+    # The shipped model is 3.0 dB below the classical ISP at ISO 100 on this photo (42.1 dB: RCD
+    # on a clean, lens-blurred RAW is near exact; the model smooths some fine detail, see the
+    # README); this guards against anything worse.
     raw = noisy_raw(photo, iso=100)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
-    assert psnr(model.develop(raw), photo) > psnr(classical, photo) - 4.0
+    assert psnr(model.develop(raw), photo) > psnr(classical, photo) - 3.6
 
 
 def test_same_seed_same_output_and_steps_change_it(photo):
@@ -132,3 +133,28 @@ def test_offline_hub_fails_with_a_clear_message(tmp_path, dng_factory):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     assert result.returncode == 1
     assert "offline" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_decoder_fuses_with_the_classical_render():
+    # The decoder's last step blends its own render with the classical one (colour condition
+    # plus detail): with the classical share fully open the output is exactly that render,
+    # whatever the latent says; with it closed, the latent matters.
+    from rawrestore.conditioning import upsample_condition
+    from rawrestore.models import RVAE
+
+    torch.manual_seed(0)
+    rvae = RVAE()
+    for p in rvae.decoder.head.parameters():  # a decoder whose own render depends on the latent
+        torch.nn.init.normal_(p, std=0.1)
+    color, x = torch.rand(1, 3, 8, 8), torch.rand(1, 4, 16, 16)
+    std, detail = torch.full((1, 1, 16, 16), 0.01), 0.1 * torch.randn(1, 3, 32, 32)
+    latents = torch.randn(2, 16, 8, 8)
+    share = rvae.decoder.classical_share.logit
+    with torch.no_grad():
+        share.bias.fill_(30.0)
+        opened = [rvae.decode(z[None], color, x, std, detail) for z in latents]
+        share.bias.fill_(-30.0)
+        closed = [rvae.decode(z[None], color, x, std, detail) for z in latents]
+    torch.testing.assert_close(opened[0], upsample_condition(color) + detail)
+    torch.testing.assert_close(opened[1], opened[0])
+    assert (closed[0] - closed[1]).abs().mean() > 1e-3

@@ -5,7 +5,8 @@ per-pixel noise std (1 channel), space-to-depth to H/4 -> latent (``latent_chann
 mean and log-variance.
 Decoder: latent + colour condition (both at H/4) -> display sRGB at full resolution H,
 upsampled by two pixel shuffles (H/4 -> H/2 -> H), with a skip from the RAW at H/2 and a gated
-share of the classical render's fine detail at H.
+share of the classical render's fine detail at H; a last per-pixel fusion with the classical render
+itself (:class:`ClassicalShare`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,40 @@ class RAWEncoder(nn.Module):
         return mean, logvar.clamp(-12, 4)
 
 
+class ClassicalShare(nn.Module):
+    """Per pixel and colour, the share of the classical render in the output, in [0, 1].
+
+    Where the noise is low, the classical render is close to exact and its errors (demosaic
+    artefacts) differ from the network's, so a blend of the two beats either; where the noise is
+    high, the network's output is the better one. The share is a logistic function of three log
+    features: the noise std, the signal level (together they give the noise in display units) and
+    the local disagreement between the two renders, a per-pixel test of whether that disagreement
+    is noise (trust the network) or detail the network lost (trust the classical render).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.logit = nn.Conv2d(3, 3, 1)  # over (log noise std, log level, log disagreement)
+        nn.init.zeros_(self.logit.weight)
+        nn.init.constant_(self.logit.bias, -2.0)  # starts near the network alone (0.12)
+
+    def forward(self, network: torch.Tensor, classical: torch.Tensor, x: torch.Tensor,
+                noise_std: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) renders, the (B, 4, H/2, W/2) model input and its noise std -> the share."""
+        weight, bias = self.logit.weight[:, :, 0, 0], self.logit.bias
+        # The 1x1 logit in two parts: the noise and level terms at H/2, where they live (a quarter
+        # of the work), the disagreement at H.
+        coarse = torch.cat([noise_std, x.mean(1, keepdim=True)], dim=1).clamp_min(1e-4).log()
+        coarse = torch.einsum("oc,bchw->bohw", weight[:, :2], coarse) + bias[:, None, None]
+        # The disagreement's 3x3 mean (zero-padded) by shifted slices: on one channel, many times
+        # faster than a pooling kernel.
+        d = F.pad((classical - network).abs().mean(1), (1, 1, 1, 1))
+        d = d[:, :-2] + d[:, 1:-1] + d[:, 2:]
+        disagreement = ((d[..., :-2] + d[..., 1:-1] + d[..., 2:]) / 9).clamp_min(1e-4).log()[:, None]
+        return torch.sigmoid(F.interpolate(coarse, scale_factor=2, mode="nearest")
+                             + weight[:, 2, None, None] * disagreement)
+
+
 class RGBDecoder(nn.Module):
     def __init__(self, latent_channels: int = 16, width: int = 64, half_width: int = 16):
         super().__init__()
@@ -54,6 +89,7 @@ class RGBDecoder(nn.Module):
         self.detail_gate = nn.Conv2d(half_width, 12, 3, padding=1)
         nn.init.zeros_(self.detail_gate.weight)
         nn.init.constant_(self.detail_gate.bias, -3.0)
+        self.classical_share = ClassicalShare()
 
     def forward(self, latent: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
                 noise_std: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
@@ -66,7 +102,10 @@ class RGBDecoder(nn.Module):
         # CPU; a classical demosaic is cheap and exact on clean data, so the decoder chooses per
         # pixel how much of its detail to trust, and adds a learned correction.
         gate = torch.sigmoid(F.pixel_shuffle(self.detail_gate(h), 2))
-        return upsample_condition(color) + gate * detail + F.pixel_shuffle(self.head(h), 2)
+        base = upsample_condition(color)
+        network = base + gate * detail + F.pixel_shuffle(self.head(h), 2)
+        classical = base + detail
+        return torch.lerp(network, classical, self.classical_share(network, classical, packed, noise_std))
 
 
 class RVAE(nn.Module):
