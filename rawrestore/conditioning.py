@@ -47,12 +47,13 @@ def upsample_condition(condition: torch.Tensor) -> torch.Tensor:
     return F.interpolate(condition, scale_factor=4, mode="bilinear", align_corners=False)
 
 
-def render_detail(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray, gain: float = 1.0
-                  ) -> torch.Tensor:
+def render_detail(packed: torch.Tensor, condition: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray,
+                  gain: float = 1.0) -> torch.Tensor:
     """The fine detail the colour condition lacks, at full resolution (3, H, W): the classical
-    render (the ISP's demosaic, exposed, sRGB-encoded) minus the (unstyled) colour condition brought
-    up as the decoder brings it up. So condition + detail is exactly the classical render, and a
-    styled condition + detail is that render with the style's colours. The decoder adds a learned
-    per-pixel share of it: all of it on clean data, little where it is mostly noise."""
+    render (the ISP's demosaic, exposed, sRGB-encoded) minus ``condition``, the unstyled colour
+    condition of the same RAW (:func:`render_condition`, same gain), brought up as the decoder
+    brings it up. So condition + detail is exactly the classical render, and a styled condition +
+    detail is that render with the style's colours. The decoder adds a learned per-pixel share of
+    it: all of it on clean data, little where it is mostly noise."""
     display = srgb_encode(linear_from_mosaic(unpack(packed), wb, srgb_from_cam) * gain)
-    return display - upsample_condition(render_condition(packed, wb, srgb_from_cam, gain)[None])[0]
+    return display - upsample_condition(condition[None])[0]

@@ -153,13 +153,14 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
         x_clean, clean_std = model_input(clean, wb_told, noise=(0.0, 1e-8))
 
         color = render_condition(noisy, cam.wb, cam.srgb_from_cam)  # what inference computes
+        clean_color = render_condition(clean, cam.wb, cam.srgb_from_cam)
         # Detail always comes from the camera's own render, never from the look: as at inference.
-        detail = render_detail(noisy, cam.wb, cam.srgb_from_cam)
-        clean_detail = render_detail(clean, cam.wb, cam.srgb_from_cam)
+        detail = render_detail(noisy, color, cam.wb, cam.srgb_from_cam)
+        clean_detail = render_detail(clean, clean_color, cam.wb, cam.srgb_from_cam)
         target = photo
         if rng.random() < self.restyle_probability:
             target = random_look(photo, rng)
-            color = F.avg_pool2d(target[None], 4)[0] + color - render_condition(clean, cam.wb, cam.srgb_from_cam)
+            color = F.avg_pool2d(target[None], 4)[0] + color - clean_color
         blur = rng.uniform(0.0, 1.5) if self.degrade_condition else 0.0
         if blur > 0.3:
             k = torch.exp(-torch.arange(-3, 4, dtype=torch.float32) ** 2 / (2 * blur ** 2))

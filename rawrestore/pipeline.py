@@ -100,9 +100,10 @@ class Developer:
         packed = pack(mosaic)
         gain = exposure_gain(binned_linear(packed, raw.wb, raw.srgb_from_cam), opts.exposure_ev, opts.auto_exposure)
         x, noise_std = model_input(packed, raw.wb, gain, noise=estimate_noise(packed))
-        color = self.style(render_condition(packed, raw.wb, raw.srgb_from_cam, gain))
+        condition = render_condition(packed, raw.wb, raw.srgb_from_cam, gain)
+        color = self.style(condition)
         detail_of = partial(render_detail, wb=raw.wb, srgb_from_cam=raw.srgb_from_cam, gain=gain)
-        image = develop_tiled(self.model, x, noise_std, color, packed, detail_of, opts.steps, opts.seed,
+        image = develop_tiled(self.model, x, noise_std, color, condition, packed, detail_of, opts.steps, opts.seed,
                               opts.tile, opts.overlap, self.device, self.dtype)
         return orient(crop_back(image.clamp(0, 1), offset, (h, w)), raw.orientation)
 
@@ -124,8 +125,9 @@ def develop_latent(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torc
     return bundle.rvae.decode(latent, color, x, noise_std, detail)
 
 
-def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
-                  detail_of: Callable[[torch.Tensor], torch.Tensor], num_steps: int, seed: int, tile: int,
+def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch.Tensor, condition: torch.Tensor,
+                  packed: torch.Tensor, detail_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  num_steps: int, seed: int, tile: int,
                   overlap: int, device: torch.device = torch.device("cpu"),
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One image (unbatched inputs at H/2 and H/4) through the model, every network tiled.
@@ -133,8 +135,8 @@ def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch
     The sampler's state lives at the whole latent grid (small: 16 channels at H/4); only the
     networks see tiles. Noise is drawn for the whole grid from ``seed``, so the result does not
     depend on the tiling. The decoder's full-resolution detail input is rendered per tile by
-    ``detail_of`` from the ``packed`` RAW tile: a whole 24 MP frame of it would cost several
-    seconds of memory traffic, a tile stays in cache.
+    ``detail_of`` from the ``packed`` RAW tile and the unstyled ``condition`` tile: a whole 24 MP
+    frame of it would cost several seconds of memory traffic, a tile stays in cache.
     """
     from .schedulers import sample
 
@@ -154,11 +156,12 @@ def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch
 
     latent = sample(denoise, mu[None], bundle.scheduler, num_steps, [n[None] for n in noises])[0]
 
-    def decode(latent_tile, color_tile, x_tile, std_tile, packed_tile):
-        detail = detail_of(packed_tile[0])[None].contiguous(memory_format=torch.channels_last)
+    def decode(latent_tile, color_tile, condition_tile, x_tile, std_tile, packed_tile):
+        detail = detail_of(packed_tile[0], condition_tile[0])[None].contiguous(memory_format=torch.channels_last)
         return bundle.rvae.decode(latent_tile, color_tile, x_tile, std_tile, detail)
 
-    return rvae_tiler.run(decode, [(latent, 1), (color, 1), (x, 2), (noise_std, 2), (packed, 2)], 3, 4)
+    return rvae_tiler.run(decode, [(latent, 1), (color, 1), (condition, 1), (x, 2), (noise_std, 2), (packed, 2)],
+                          3, 4)
 
 
 class Tiler:

@@ -113,7 +113,7 @@ def test_condition_plus_detail_is_the_classical_render(tmp_path):
     packed = pack(normalized_rggb(raw)[0])
     gain = 1.7
     color = render_condition(packed, raw.wb, raw.srgb_from_cam, gain)
-    detail = render_detail(packed, raw.wb, raw.srgb_from_cam, gain)
+    detail = render_detail(packed, color, raw.wb, raw.srgb_from_cam, gain)
     assert detail.shape == (3, *raw.mosaic.shape)
     rebuilt = upsample_condition(color[None])[0] + detail
     classical = develop_classical(raw, gain=gain)
