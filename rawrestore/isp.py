@@ -123,9 +123,12 @@ def _direction_weight(cfa: torch.Tensor, first: tuple[int, int], second: tuple[i
             lattice.put(plane, response * response)
     for phase in phases:
         lattice = _Lattice(cfa.shape, 4, phase)
-        first_energy, second_energy = [
-            (lattice.of(energy[s])(-s[0], -s[1]) + lattice.of(energy[s])(0, 0) + lattice.of(energy[s])(*s)).clamp_min(1e-10)
-            for s in (first, second)]
+
+        def along(step: tuple[int, int]) -> torch.Tensor:
+            at = lattice.of(energy[step])
+            return (at(-step[0], -step[1]) + at(0, 0) + at(*step)).clamp_min(1e-10)
+
+        first_energy, second_energy = along(first), along(second)
         lattice.put(weight, first_energy / (first_energy + second_energy))
     refined = weight.clone()
     for phase in phases:
