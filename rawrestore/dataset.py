@@ -4,11 +4,13 @@ Split: an image belongs to the validation split when the SHA-1 of its file name 
 is divisible by 6, so an image is never in both, whatever folder it is found in. Non-photographs
 (a comic, a slide) are left out of both.
 
-Each sample: a random crop of a random photo (probability proportional to its area), a random
-flip/transpose of the *sRGB* crop (the mosaic is made afterwards, so the CFA layout stays right),
+Each sample: a random window of a random photo (probability proportional to its area), a random
+flip/transpose of the *sRGB* window (the mosaic is made afterwards, so the CFA layout stays right),
 a 0.3-1 px optics blur,
 a random camera (matrix, white balance, bit depth, black level), a random noise level from the
-calibrated models (ISO 50-40000, or low light x2-x300 with the digital gain applied back), and the
+calibrated models (ISO 50-40000, or low light x2-x300 with the digital gain applied back), blindly
+estimated on the whole window (up to 2x2 crops, as inference does on the whole frame: a crop
+alone is mostly texture, and reads noisier), then a random crop of it; and the
 colour condition: the fast classical render of the noisy RAW at the latent grid, as at inference;
 for half the samples the target gets a random colour look and the condition carries that look
 (plus the real render noise of this RAW). It is blurred and perturbed (``degrade_condition``;
@@ -27,11 +29,12 @@ import torch.nn.functional as F
 
 from .conditioning import model_input, render_condition, render_detail
 from .isp import pack
-from .noise import NoiseParams, add_sensor_noise, darktable_noise, eld_cameras, eld_noise
+from .noise import NoiseParams, add_sensor_noise, darktable_noise, eld_cameras, eld_noise, estimate_noise
 from .unprocess import mosaic, optical_blur, random_camera, unprocess
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 NOT_PHOTOGRAPHS = {"comic.png", "ppt3.png"}
+NOISE_CONTEXT = 2  # the noise is synthesised and estimated on up to this many crops on a side
 
 
 def split_of(path: Path) -> str:
@@ -111,6 +114,7 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
         return self._cache[i]
 
     def _pick(self, rng: np.random.Generator) -> torch.Tensor:
+        """A random window of a random photo: up to ``NOISE_CONTEXT`` crops on a side, flipped."""
         if self._areas is None:
             sizes = [self._photo(i).shape for i in range(len(self.paths))]
             areas = np.array([h * w for _, h, w in sizes], dtype=np.float64)
@@ -121,35 +125,42 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
         if h < c or w < c:
             photo = F.pad(photo[None].float(), (0, max(0, c - w), 0, max(0, c - h)), mode="reflect")[0]
             _, h, w = photo.shape
-        y, x = rng.integers(0, h - c + 1), rng.integers(0, w - c + 1)
-        crop = photo[:, y:y + c, x:x + c].float() / 255.0
+        wh, ww = (min(side, NOISE_CONTEXT * c) // 2 * 2 for side in (h, w))
+        y, x = rng.integers(0, h - wh + 1), rng.integers(0, w - ww + 1)
+        window = photo[:, y:y + wh, x:x + ww].float() / 255.0
         if rng.random() < 0.5:
-            crop = crop.flip(-1)
+            window = window.flip(-1)
         if rng.random() < 0.5:
-            crop = crop.flip(-2)
+            window = window.flip(-2)
         if rng.random() < 0.5:
-            crop = crop.transpose(-1, -2)
-        return crop.contiguous()
+            window = window.transpose(-1, -2)
+        return window.contiguous()
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        photo = self._pick(rng)
+        window = self._pick(rng)
         # A lens's (and anti-aliasing filter's) softness, as real optics deliver it to the sensor:
         # these photos were downscaled and are sharper at the pixel than any RAW. The blurred
         # photo is the truth.
-        photo = optical_blur(photo, rng.uniform(0.3, 1.0))
+        window = optical_blur(window, rng.uniform(0.3, 1.0))
         cam = random_camera(rng, cfa="RGGB")
         cam.tone = False
         noise = sample_noise(rng, self.darktable).rescaled(cam.white - cam.black)
-        clean_mosaic = mosaic(unprocess(photo, cam), "RGGB")
+        clean_mosaic = mosaic(unprocess(window, cam), "RGGB")
         clean_mosaic = torch.round(clean_mosaic * noise.white_range) / noise.white_range
-        noisy = pack(add_sensor_noise(clean_mosaic, noise, gen))
-        clean = pack(clean_mosaic)
+        noisy_window = pack(add_sensor_noise(clean_mosaic, noise, gen))
+        # The noise is estimated on the whole window, as inference estimates it on the whole frame.
+        estimated_noise = estimate_noise(noisy_window)
+        half = self.crop // 2
+        y, x = (int(rng.integers(0, side - half + 1)) for side in noisy_window.shape[1:])
+        noisy = noisy_window[:, y:y + half, x:x + half]
+        clean = pack(clean_mosaic)[:, y:y + half, x:x + half]
+        photo = window[:, 2 * y:2 * y + self.crop, 2 * x:2 * x + self.crop]
         # The model is told a slightly wrong white balance, as a real camera's can be: colour
         # must come from the condition.
         wb_told = cam.wb * np.array([rng.uniform(0.85, 1.15), 1.0, rng.uniform(0.85, 1.15)])
-        x, noise_std = model_input(noisy, wb_told)
+        x, noise_std = model_input(noisy, wb_told, noise=estimated_noise)
         x_clean, clean_std = model_input(clean, wb_told, noise=(0.0, 1e-8))
 
         color = render_condition(noisy, cam.wb, cam.srgb_from_cam)  # what inference computes
