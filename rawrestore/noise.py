@@ -97,14 +97,19 @@ def darktable_noise(a: float, b: float, white_range: float, ratio: float = 1.0) 
 
 
 def load_darktable_profiles(path: str | Path) -> list[tuple[str, int, float, float]]:
-    """(camera, iso, a, b) for every profile in darktable's noiseprofiles.json (green channel)."""
+    """(camera, iso, a, b) for every profile in darktable's noiseprofiles.json (green channel).
+
+    A few fits have a negative shot-noise slope ``a`` (no physical sensor has one; the gain K
+    would be negative): they are left out.
+    """
     data = json.loads(Path(path).read_text())
     out = []
     for maker in data["noiseprofiles"]:
         for model in maker["models"]:
             for prof in model.get("profiles", []):
-                out.append((f'{maker["maker"]} {model["model"]}', int(prof["iso"]),
-                            float(prof["a"][1]), float(prof["b"][1])))
+                a, b = float(prof["a"][1]), float(prof["b"][1])
+                if a > 0:
+                    out.append((f'{maker["maker"]} {model["model"]}', int(prof["iso"]), a, b))
     return out
 
 

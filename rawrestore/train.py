@@ -12,7 +12,11 @@ EMA weights, a log file, and a validation PSNR (2-step sampler, on the inference
 every ``--val-every`` steps.
 
 A second, short stage calibrates the decoder's classical share on the inference distribution,
-everything else frozen: ``--train-only rvae.decoder.classical_share --clean-condition``.
+everything else frozen: ``--train-only rvae.decoder.classical_share --condition clean``.
+
+A degraded condition (the default, as v1-v3 were trained) makes the model take only colour from
+it, but it also breaks what inference guarantees, that the condition plus the detail input is
+the classical render; ``--condition sharp`` keeps that and still trains the looks.
 """
 from __future__ import annotations
 
@@ -28,6 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import SyntheticRAWDataset
+
+# Dataset options per --condition.
+CONDITIONS = {
+    "degraded": {},
+    "sharp": {"degrade_condition": False},
+    "clean": {"restyle_probability": 0.0, "degrade_condition": False},
+}
 from .models import RVAE, LatentDenoiser
 from .schedulers import IRSDEScheduler, sample
 from .pipeline import STEP_CHOICES, develop_latent
@@ -106,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-only", default=None, metavar="PREFIX",
                    help="train only the parameters whose names start with PREFIX (a calibration stage, "
                         "e.g. rvae.decoder.classical_share); the rest stay frozen")
-    p.add_argument("--clean-condition", action="store_true",
-                   help="train on the inference distribution: the colour condition neither degraded nor "
-                        "restyled (for calibrating the decoder's classical share)")
+    p.add_argument("--condition", choices=list(CONDITIONS), default="degraded",
+                   help="the colour condition: degraded (blurred, noisier; half restyled), sharp (as "
+                        "inference makes it; half restyled) or clean (as inference makes it without "
+                        "a style: for calibrating the decoder's classical share)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -153,9 +165,8 @@ def main(argv: list[str] | None = None) -> None:
             ema.load_state_dict(bundle.state_dict())
             say(f"initialised from {args.init}; new: {', '.join(missing) or 'nothing'}")
 
-    condition = {"restyle_probability": 0.0, "degrade_condition": False} if args.clean_condition else {}
     train = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
-                                darktable_profiles=args.darktable_profiles, **condition)
+                                darktable_profiles=args.darktable_profiles, **CONDITIONS[args.condition])
     # Validation as at inference: the colour condition neither degraded nor restyled.
     val_set = SyntheticRAWDataset(args.data, "val", crop=args.crop, seed=12345, restyle_probability=0.0,
                                   degrade_condition=False)

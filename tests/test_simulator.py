@@ -7,6 +7,7 @@ Uses scikit-image's bundled photos only, so no shared data is needed.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +18,8 @@ from skimage.color import deltaE_ciede2000, rgb2lab
 from skimage.filters import gaussian
 
 from rawrestore.isp import apply_matrix, develop_linear, pack
-from rawrestore.noise import NoiseParams, add_sensor_noise, eld_noise, estimate_noise
+from rawrestore.noise import (NoiseParams, add_sensor_noise, darktable_noise, eld_noise, estimate_noise,
+                             load_darktable_profiles)
 from rawrestore.rawio import read_raw
 from rawrestore.unprocess import develop_reference, mosaic, random_camera, synthesize, unprocess, write_synthetic_dng
 
@@ -174,3 +176,15 @@ def test_estimate_noise_is_not_fooled_by_texture(name, iso):
     a, b = estimate_noise(pack(noisy))
     level = float(pack(clean)[1:3].median())
     assert 0.8 <= np.sqrt((a * level + b) / noise.variance(level)) <= 1.6
+
+
+def test_darktable_profiles_with_a_negative_shot_noise_slope_are_left_out(tmp_path):
+    profile = {"noiseprofiles": [{"maker": "Nikon", "models": [{"model": "D5100", "profiles": [
+        {"iso": 6400, "a": [1e-4, 2e-4, 1e-4], "b": [1e-6, 2e-6, 1e-6]},
+        {"iso": 25600, "a": [-0.01, -0.014, -0.01], "b": [1e-3, 1e-3, 1e-3]},
+    ]}]}]}
+    path = tmp_path / "noiseprofiles.json"
+    path.write_text(json.dumps(profile))
+    profiles = load_darktable_profiles(path)
+    assert profiles == [("Nikon D5100", 6400, 2e-4, 2e-6)]
+    assert darktable_noise(*profiles[0][2:], white_range=16383 - 512).K > 0
