@@ -43,9 +43,9 @@ def model() -> Developer:
     return Developer(DevelopOptions(auto_exposure=False))
 
 
-@pytest.mark.parametrize("iso, margin", [(6400, 1.0), (25600, 1.8)])
+@pytest.mark.parametrize("iso, margin", [(6400, 1.0), (25600, 2.2)])
 def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin):
-    # Shipped weights measured +1.6 dB at ISO 6400 and +2.5 dB at ISO 25600 on this photo.
+    # Shipped weights (v4) measured +1.6 dB at ISO 6400 and +2.9 dB at ISO 25600 on this photo.
     raw = noisy_raw(photo, iso=iso)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
     enhanced = model.develop(raw)
