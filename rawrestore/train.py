@@ -32,6 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import SyntheticRAWDataset
+from .models import RVAE, LatentDenoiser
+from .schedulers import IRSDEScheduler, sample
+from .pipeline import STEP_CHOICES, develop_latent
+from .weights import ModelBundle, save_bundle
 
 # Dataset options per --condition.
 CONDITIONS = {
@@ -39,11 +43,6 @@ CONDITIONS = {
     "sharp": {"degrade_condition": False},
     "clean": {"restyle_probability": 0.0, "degrade_condition": False},
 }
-from .models import RVAE, LatentDenoiser
-from .schedulers import IRSDEScheduler, sample
-from .pipeline import STEP_CHOICES, develop_latent
-from .weights import ModelBundle, save_bundle
-
 
 
 def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator) -> dict:
