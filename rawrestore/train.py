@@ -6,13 +6,13 @@ Each step: encode the clean and the noisy RAW (RVAE), draw a step count N from t
 and a time on that N-step grid (the start state is the DTDM one, mu + noise; later times are the
 SDE marginal around the clean latent), predict x0, decode it with the colour condition and
 the classical render's detail.
-Loss = L1(decoded x0, target) + L1(decoded clean latent, target) + 0.1 L1(x0, clean latent)
-+ a small KL term. Checkpoints every few minutes (resume by running the same command again),
+Loss = L1(decoded x0, target) (or, with ``--objective relative``, its per-sample relative form)
++ L1(decoded clean latent, target) + 0.1 L1(x0, clean latent) + a small KL term. Checkpoints every few minutes (resume by running the same command again),
 EMA weights, a log file, and a validation PSNR (2-step sampler, on the inference distribution)
 every ``--val-every`` steps.
 
-A second, short stage calibrates the decoder's classical share on the inference distribution,
-everything else frozen: ``--train-only rvae.decoder.classical_share --condition clean``.
+A second, short stage calibrates the decoder's classical share, everything else frozen:
+``--calibrate-share 1000 --init WEIGHTS`` (see :func:`calibrate_share`).
 
 A degraded condition (the default, as v1-v3 were trained) makes the model take only colour from
 it, but it also breaks what inference guarantees, that the condition plus the detail input is
@@ -45,7 +45,19 @@ CONDITIONS = {
 }
 
 
-def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator) -> dict:
+def per_sample_weighted_l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 with every sample's gradient scaled by the batch's mean L1 over its own (held fixed).
+
+    Its gradient is that of mean L1 x mean log L1: each sample counts by its relative error, as a
+    per-image PSNR does, where a plain batch L1 lets the noisiest samples, whose errors are
+    largest, decide what the network learns. Its value is the batch L1, for the log.
+    """
+    per_sample = (out - target).abs().mean(dim=(1, 2, 3))
+    held = per_sample.detach().clamp_min(1e-6)
+    return (per_sample / held).mean() * held.mean()
+
+
+def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objective: str = "l1") -> dict:
     """One forward pass of the joint objective; returns the losses."""
     rvae, denoiser, sched = bundle.rvae, bundle.denoiser, bundle.scheduler
     mean_c, logvar_c = rvae.encode(batch["clean_input"], batch["clean_std"])
@@ -70,15 +82,80 @@ def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator) -> di
     recon = rvae.decode(z_clean, batch["color"], batch["clean_input"], batch["clean_std"], batch["clean_detail"])
     kl = 0.5 * (mean_c ** 2 + logvar_c.exp() - 1 - logvar_c).mean()
     return {
-        "image": F.l1_loss(out, batch["target"]),
+        "image": per_sample_weighted_l1(out, batch["target"]) if objective == "relative" else F.l1_loss(out, batch["target"]),
         "recon": F.l1_loss(recon, batch["target"]),
         "latent": F.l1_loss(x0_hat, x0),
         "kl": kl,
     }
 
 
+def load_init(bundle: ModelBundle, path: str) -> list[str]:
+    """Weights from a run's checkpoint.pt (its EMA) or a .safetensors; returns the layers it lacks."""
+    if path.endswith(".safetensors"):  # shipped weights (e.g. rawrestore/weights/)
+        from safetensors.torch import load_file
+        weights = load_file(path)
+    else:
+        weights = torch.load(path, weights_only=False)["ema"]
+    missing, _ = bundle.load_state_dict(weights, strict=False)
+    return missing
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / F.mse_loss(a.clamp(0, 1), b)))
+
+
+@torch.inference_mode()
+def share_inputs(bundle: ModelBundle, dataset: torch.utils.data.Dataset, samples: int) -> dict[str, torch.Tensor]:
+    """What the classical share sees at inference (default 1 step) on ``samples`` items, with the target.
+
+    The renders are kept in float16 (1.5 MB a 256 px sample): the networks are frozen, so they run
+    once and the share is fitted on this cache."""
+    cache: dict[str, list[torch.Tensor]] = {k: [] for k in ("network", "classical", "x", "noise_std", "target")}
+
+    def keep(_module, args, _output):
+        for key, value in zip(("network", "classical", "x", "noise_std"), args):
+            cache[key].append(value.half() if key in ("network", "classical") else value.clone())
+
+    hook = bundle.rvae.decoder.classical_share.register_forward_hook(keep)
+    try:
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(samples)), batch_size=8,
+                                             num_workers=1)
+        for batch in loader:
+            develop_latent(bundle, batch["input"], batch["noise_std"], batch["color"], batch["detail"], 1)
+            cache["target"].append(batch["target"].half())
+    finally:
+        hook.remove()
+    return {k: torch.cat(v) for k, v in cache.items()}
+
+
+def share_psnr(share: torch.nn.Module, cache: dict[str, torch.Tensor], index: torch.Tensor,
+               border: int = 8) -> torch.Tensor:
+    """Per-sample PSNR (dB) of the blended output on ``cache[index]``, ``border`` pixels left out."""
+    network, classical = cache["network"][index].float(), cache["classical"][index].float()
+    weight = share(network, classical, cache["x"][index], cache["noise_std"][index])
+    out = torch.lerp(network, classical, weight).clamp(0, 1)
+    crop = (..., slice(border, -border), slice(border, -border))
+    mse = ((out - cache["target"][index].float()) ** 2)[crop].mean((1, 2, 3))
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def calibrate_share(share: torch.nn.Module, cache: dict[str, torch.Tensor], iters: int = 300, batch: int = 64,
+                    lr: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Fit the classical share to the mean per-sample PSNR, the benchmark's own measure.
+
+    Not to the joint loss (L1 over a batch): that is dominated by the noisiest samples, whose errors
+    are largest, and it left the share at a compromise that cost 1.2 dB at ISO 100 (v4).
+    """
+    opt = torch.optim.Adam(share.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    count = cache["target"].shape[0]
+    with torch.enable_grad():
+        for _ in range(iters):
+            loss = -share_psnr(share, cache, torch.randint(count, (min(batch, count),), generator=gen)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return share
 
 
 @torch.inference_mode()
@@ -113,13 +190,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="start a new run from another run's checkpoint.pt or a weights .safetensors "
                         "(weights only; layers it lacks keep their initialisation, which makes them "
                         "start as no-ops)")
-    p.add_argument("--train-only", default=None, metavar="PREFIX",
-                   help="train only the parameters whose names start with PREFIX (a calibration stage, "
-                        "e.g. rvae.decoder.classical_share); the rest stay frozen")
+    p.add_argument("--calibrate-share", type=int, default=0, metavar="SAMPLES",
+                   help="instead of training: fit the decoder's classical share of the --init weights on "
+                        "SAMPLES training samples (a fifth held out to report), then --export")
+    p.add_argument("--objective", choices=["l1", "relative"], default="l1",
+                   help="the output's loss: l1 over the batch, or relative (each sample weighted by "
+                        "its relative error, as per-image PSNR weights it)")
     p.add_argument("--condition", choices=list(CONDITIONS), default="degraded",
                    help="the colour condition: degraded (blurred, noisier; half restyled), sharp (as "
-                        "inference makes it; half restyled) or clean (as inference makes it without "
-                        "a style: for calibrating the decoder's classical share)")
+                        "inference makes it; half restyled) or clean (as inference makes it, no style)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -134,14 +213,28 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     bundle = ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler())
+    if args.calibrate_share:
+        if not (args.init and args.export):
+            raise SystemExit("--calibrate-share needs --init (the weights to calibrate) and --export")
+        say(f"config {json.dumps(vars(args))}")
+        load_init(bundle, args.init)
+        dataset = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
+                                      darktable_profiles=args.darktable_profiles, **CONDITIONS["clean"])
+        cache = share_inputs(bundle, dataset, args.calibrate_share)
+        held_out = torch.arange(args.calibrate_share * 4 // 5, args.calibrate_share)
+        fit = {k: v[:held_out[0]] for k, v in cache.items()}
+        share = bundle.rvae.decoder.classical_share
+        with torch.no_grad():
+            before = share_psnr(share, cache, held_out).mean()
+        calibrate_share(share, fit, seed=args.seed)
+        with torch.no_grad():
+            after = share_psnr(share, cache, held_out).mean()
+        say(f"classical share fitted on {len(fit['target'])} samples; held-out PSNR {before:.2f} -> {after:.2f} dB")
+        save_bundle(bundle, args.export, {"share_calibrated_on": args.calibrate_share})
+        say(f"exported {args.export}")
+        return
     ema = copy.deepcopy(bundle)
-    params = []
-    for name, param in bundle.named_parameters():
-        param.requires_grad_(not args.train_only or name.startswith(args.train_only))
-        if param.requires_grad:
-            params.append(param)
-    if not params:
-        raise SystemExit(f"--train-only {args.train_only}: no parameter has that prefix")
+    params = list(bundle.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
@@ -155,12 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         say(f"config {json.dumps(vars(args))}")
         if args.init:
-            if args.init.endswith(".safetensors"):  # shipped weights (e.g. rawrestore/weights/)
-                from safetensors.torch import load_file
-                weights = load_file(args.init)
-            else:
-                weights = torch.load(args.init, weights_only=False)["ema"]
-            missing, _ = bundle.load_state_dict(weights, strict=False)
+            missing = load_init(bundle, args.init)
             ema.load_state_dict(bundle.state_dict())
             say(f"initialised from {args.init}; new: {', '.join(missing) or 'nothing'}")
 
@@ -187,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         lr = args.lr * (min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * progress)) + 0.02)
         for group in opt.param_groups:
             group["lr"] = lr
-        losses = training_state(bundle, batch, gen)
+        losses = training_state(bundle, batch, gen, args.objective)
         loss = losses["image"] + losses["recon"] + 0.1 * losses["latent"] + 1e-5 * losses["kl"]
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -43,9 +43,9 @@ def model() -> Developer:
     return Developer(DevelopOptions(auto_exposure=False))
 
 
-@pytest.mark.parametrize("iso, margin", [(6400, 1.0), (25600, 2.2)])
+@pytest.mark.parametrize("iso, margin", [(6400, 1.3), (25600, 2.5)])
 def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin):
-    # Shipped weights (v4) measured +1.6 dB at ISO 6400 and +2.9 dB at ISO 25600 on this photo.
+    # Shipped weights (v5) measured +1.9 dB at ISO 6400 and +3.2 dB at ISO 25600 on this photo.
     raw = noisy_raw(photo, iso=iso)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
     enhanced = model.develop(raw)
@@ -54,12 +54,13 @@ def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin)
 
 
 def test_model_stays_close_on_a_clean_raw(photo, model):
-    # The shipped model is 3.0 dB below the classical ISP at ISO 100 on this photo (42.1 dB: RCD
-    # on a clean, lens-blurred RAW is near exact; the model smooths some fine detail, see the
-    # README); this guards against anything worse.
+    # RCD on a clean, lens-blurred RAW is near exact (42.1 dB on this photo), and the network
+    # alone smooths fine detail; the classical share hands such pixels to the classical render.
+    # The shipped model (v5) measured 0.05 dB below the classical ISP here (v4, whose share was
+    # fitted to the batch L1, 3.0 dB below).
     raw = noisy_raw(photo, iso=100)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
-    assert psnr(model.develop(raw), photo) > psnr(classical, photo) - 3.6
+    assert psnr(model.develop(raw), photo) > psnr(classical, photo) - 0.6
 
 
 def test_same_seed_same_output_and_steps_change_it(photo):
