@@ -10,6 +10,7 @@ ISP instead.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -178,12 +179,21 @@ class Tiler:
             raise ValueError("tile overlap must be less than half the tile")
         self.tile, self.overlap, self.device, self.dtype = tile, overlap, device, dtype
 
-    def _starts(self, size: int) -> list[int]:
+    def _layout(self, size: int) -> tuple[int, list[int]]:
+        """(tile length, tile starts) along one axis: the fewest tiles of at most ``tile`` that
+        overlap by at least ``overlap``, shrunk to share the axis evenly. Fixed-length tiles would
+        leave the last one overlapping its neighbour by up to a whole tile: a third more work on
+        a 24 MP frame. Lengths and starts stay multiples of 4 (the denoiser's two downsamplings
+        see the same phase in every tile)."""
         if size <= self.tile:
-            return [0]
-        stride = self.tile - self.overlap
-        starts = list(range(0, size - self.tile, stride)) + [size - self.tile]
-        return starts
+            return size, [0]
+        count = math.ceil((size - self.overlap) / (self.tile - self.overlap))
+        length = 4 * math.ceil((size + (count - 1) * self.overlap) / count / 4)
+        while True:
+            starts = [4 * round(i * (size - length) / (count - 1) / 4) for i in range(count - 1)] + [size - length]
+            if all(b - a <= length - self.overlap for a, b in zip(starts, starts[1:])):
+                return length, starts
+            length += 4
 
     def _ramp(self, start: int, length: int, size: int, scale: int) -> torch.Tensor:
         margin = self.overlap // 3
@@ -203,17 +213,17 @@ class Tiler:
         height, width = first.shape[-2] // s0, first.shape[-1] // s0
         out = torch.zeros(out_channels, height * out_scale, width * out_scale)
         total = torch.zeros(1, height * out_scale, width * out_scale)
-        for y in self._starts(height):
-            th = min(self.tile, height)
+        th, ys = self._layout(height)
+        tw, xs = self._layout(width)
+        for y in ys:
             wy = self._ramp(y, th, height, out_scale)
-            for x in self._starts(width):
-                tw = min(self.tile, width)
+            for x in xs:
                 crops = [t[:, y * s:(y + th) * s, x * s:(x + tw) * s][None]
                          .to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
                          for t, s in inputs]
                 result = fn(*crops)[0].float().cpu()
                 weight = wy[:, None] * self._ramp(x, tw, width, out_scale)[None, :]
-                ys, xs = slice(y * out_scale, (y + th) * out_scale), slice(x * out_scale, (x + tw) * out_scale)
-                out[:, ys, xs] += result * weight
-                total[:, ys, xs] += weight
+                rows, cols = slice(y * out_scale, (y + th) * out_scale), slice(x * out_scale, (x + tw) * out_scale)
+                out[:, rows, cols] += result * weight
+                total[:, rows, cols] += weight
         return out / total

@@ -4,6 +4,7 @@ These use the bundled weights (rawrestore/weights/), so a broken or untrained mo
 """
 from __future__ import annotations
 
+import math
 import shutil
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from rawrestore.noise import eld_noise
-from rawrestore.pipeline import Developer, DevelopOptions
+from rawrestore.pipeline import Developer, DevelopOptions, Tiler
 from rawrestore.rawio import RawImage
 from rawrestore.unprocess import optical_blur, random_camera, synthesize
 from rawrestore.weights import WeightsError, bundled_weights_path, load_bundle, manifest
@@ -43,9 +44,9 @@ def model() -> Developer:
     return Developer(DevelopOptions(auto_exposure=False))
 
 
-@pytest.mark.parametrize("iso, margin", [(6400, 1.3), (25600, 2.5)])
+@pytest.mark.parametrize("iso, margin", [(6400, 1.6), (25600, 2.9)])
 def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin):
-    # Shipped weights (v5) measured +1.9 dB at ISO 6400 and +3.2 dB at ISO 25600 on this photo.
+    # Shipped weights (v6) measured +2.1 dB at ISO 6400 and +3.4 dB at ISO 25600 on this photo.
     raw = noisy_raw(photo, iso=iso)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
     enhanced = model.develop(raw)
@@ -56,7 +57,7 @@ def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin)
 def test_model_stays_close_on_a_clean_raw(photo, model):
     # RCD on a clean, lens-blurred RAW is near exact (42.1 dB on this photo), and the network
     # alone smooths fine detail; the classical share hands such pixels to the classical render.
-    # The shipped model (v5) measured 0.05 dB below the classical ISP here (v4, whose share was
+    # The shipped model (v6) measured 0.2 dB below the classical ISP here (v4, whose share was
     # fitted to the batch L1, 3.0 dB below).
     raw = noisy_raw(photo, iso=100)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
@@ -159,3 +160,16 @@ def test_decoder_fuses_with_the_classical_render():
     torch.testing.assert_close(opened[0], upsample_condition(color) + detail)
     torch.testing.assert_close(opened[1], opened[0])
     assert (closed[0] - closed[1]).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("tile, overlap", [(192, 12), (192, 24), (40, 16)])
+def test_tile_layout_covers_the_grid_evenly(tile, overlap):
+    tiler = Tiler(tile, overlap, torch.device("cpu"), torch.float32)
+    for size in range(4, 2000, 4):
+        length, starts = tiler._layout(size)
+        assert length <= max(tile, size) and length % 4 == 0 and all(s % 4 == 0 for s in starts)
+        assert starts[0] == 0 and starts[-1] + length == size
+        assert all(overlap <= a + length - b for a, b in zip(starts, starts[1:]))
+        # No more tiles than fixed-length tiles at the same overlap would need, and no more work.
+        fixed = 1 if size <= tile else math.ceil((size - overlap) / (tile - overlap))
+        assert len(starts) <= fixed and len(starts) * length <= fixed * min(tile, size)
