@@ -7,9 +7,9 @@ and a time on that N-step grid (the start state is the DTDM one, mu + noise; lat
 SDE marginal around the clean latent), predict x0, decode it with the colour condition and
 the classical render's detail.
 Loss = L1(decoded x0, target) (or, with ``--objective relative``, its per-sample relative form)
-+ L1(decoded clean latent, target) + 0.1 L1(x0, clean latent) + a small KL term. Checkpoints every few minutes (resume by running the same command again),
-EMA weights, a log file, and a validation PSNR (2-step sampler, on the inference distribution)
-every ``--val-every`` steps.
++ L1(decoded clean latent, target) + 0.1 L1(x0, clean latent) + a small KL term. Checkpoints
+every few minutes (resume by running the same command again), EMA weights, a log file, and a
+validation PSNR (2-step sampler, on the inference distribution) every ``--val-every`` steps.
 
 A second, short stage calibrates the decoder's classical share, everything else frozen:
 ``--calibrate-share 1000 --init WEIGHTS`` (see :func:`calibrate_share`).
@@ -82,7 +82,8 @@ def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objec
     recon = rvae.decode(z_clean, batch["color"], batch["clean_input"], batch["clean_std"], batch["clean_detail"])
     kl = 0.5 * (mean_c ** 2 + logvar_c.exp() - 1 - logvar_c).mean()
     return {
-        "image": per_sample_weighted_l1(out, batch["target"]) if objective == "relative" else F.l1_loss(out, batch["target"]),
+        "image": (per_sample_weighted_l1(out, batch["target"]) if objective == "relative"
+                  else F.l1_loss(out, batch["target"])),
         "recon": F.l1_loss(recon, batch["target"]),
         "latent": F.l1_loss(x0_hat, x0),
         "kl": kl,

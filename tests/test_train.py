@@ -1,10 +1,10 @@
-"""The classical share's calibration: fitted to per-sample PSNR, it follows the noise level."""
+"""Training objectives: the relative L1, and the classical share's calibration to per-sample PSNR."""
 from __future__ import annotations
 
 import torch
 
 from rawrestore.models.rvae import ClassicalShare
-from rawrestore.train import calibrate_share, share_psnr
+from rawrestore.train import calibrate_share, per_sample_weighted_l1, share_psnr
 
 
 def _two_regimes(count: int = 32, size: int = 32) -> dict[str, torch.Tensor]:
@@ -45,3 +45,15 @@ def test_calibrated_share_beats_every_constant_share():
     assert float(fitted.mean()) > best_constant + 1.0
     # Mostly the classical render where it is nearly clean, mostly the network where it is noisy.
     assert weights[0::2].mean() > 0.8 and weights[1::2].mean() < 0.2
+
+
+def test_relative_l1_weighs_each_sample_by_its_own_error():
+    target = torch.zeros(2, 3, 8, 8)
+    out = torch.stack([torch.full((3, 8, 8), 0.01), torch.full((3, 8, 8), 0.1)]).requires_grad_()
+    loss = per_sample_weighted_l1(out, target)
+    assert torch.isclose(loss, torch.nn.functional.l1_loss(out, target))  # the value is the batch L1
+    loss.backward()
+    # A plain L1 gives both samples the same gradient, so the noisy one dominates the update in
+    # relative terms; here each sample's gradient is inversely proportional to its error.
+    quiet, noisy = out.grad[0].abs().mean(), out.grad[1].abs().mean()
+    assert torch.isclose(quiet / noisy, torch.tensor(10.0))
