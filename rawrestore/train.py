@@ -26,6 +26,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ CONDITIONS = {
 }
 
 
-def per_sample_weighted_l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def relative_l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L1 with every sample's gradient scaled by the batch's mean L1 over its own (held fixed).
 
     Its gradient is that of mean L1 x mean log L1: each sample counts by its relative error, as a
@@ -82,7 +83,7 @@ def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objec
     recon = rvae.decode(z_clean, batch["color"], batch["clean_input"], batch["clean_std"], batch["clean_detail"])
     kl = 0.5 * (mean_c ** 2 + logvar_c.exp() - 1 - logvar_c).mean()
     return {
-        "image": (per_sample_weighted_l1(out, batch["target"]) if objective == "relative"
+        "image": (relative_l1(out, batch["target"]) if objective == "relative"
                   else F.l1_loss(out, batch["target"])),
         "recon": F.l1_loss(recon, batch["target"]),
         "latent": F.l1_loss(x0_hat, x0),
@@ -173,6 +174,28 @@ def validate(bundle: ModelBundle, val: list[dict], num_steps: int = 2) -> float:
     return float(np.mean(scores))
 
 
+def share_stage(bundle: ModelBundle, args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    """``--calibrate-share``: the --init weights with their share refitted, written to --export."""
+    if not (args.init and args.export):
+        raise SystemExit("--calibrate-share needs --init (the weights to calibrate) and --export")
+    say(f"config {json.dumps(vars(args))}")
+    load_init(bundle, args.init)
+    dataset = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
+                                  darktable_profiles=args.darktable_profiles, **CONDITIONS["clean"])
+    cache = share_inputs(bundle, dataset, args.calibrate_share)
+    held_out = torch.arange(args.calibrate_share * 4 // 5, args.calibrate_share)
+    fit = {k: v[:held_out[0]] for k, v in cache.items()}
+    share = bundle.rvae.decoder.classical_share
+    with torch.no_grad():
+        before = share_psnr(share, cache, held_out).mean()
+    calibrate_share(share, fit, seed=args.seed)
+    with torch.no_grad():
+        after = share_psnr(share, cache, held_out).mean()
+    say(f"classical share fitted on {len(fit['target'])} samples; held-out PSNR {before:.2f} -> {after:.2f} dB")
+    save_bundle(bundle, args.export, {"share_calibrated_on": args.calibrate_share})
+    say(f"exported {args.export}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=["../shared/data/srgb"], help="folders of clean photos")
@@ -215,24 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     bundle = ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler())
     if args.calibrate_share:
-        if not (args.init and args.export):
-            raise SystemExit("--calibrate-share needs --init (the weights to calibrate) and --export")
-        say(f"config {json.dumps(vars(args))}")
-        load_init(bundle, args.init)
-        dataset = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
-                                      darktable_profiles=args.darktable_profiles, **CONDITIONS["clean"])
-        cache = share_inputs(bundle, dataset, args.calibrate_share)
-        held_out = torch.arange(args.calibrate_share * 4 // 5, args.calibrate_share)
-        fit = {k: v[:held_out[0]] for k, v in cache.items()}
-        share = bundle.rvae.decoder.classical_share
-        with torch.no_grad():
-            before = share_psnr(share, cache, held_out).mean()
-        calibrate_share(share, fit, seed=args.seed)
-        with torch.no_grad():
-            after = share_psnr(share, cache, held_out).mean()
-        say(f"classical share fitted on {len(fit['target'])} samples; held-out PSNR {before:.2f} -> {after:.2f} dB")
-        save_bundle(bundle, args.export, {"share_calibrated_on": args.calibrate_share})
-        say(f"exported {args.export}")
+        share_stage(bundle, args, say)
         return
     ema = copy.deepcopy(bundle)
     params = list(bundle.parameters())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from rawrestore.models.rvae import ClassicalShare
-from rawrestore.train import calibrate_share, per_sample_weighted_l1, share_psnr
+from rawrestore.train import calibrate_share, relative_l1, share_psnr
 
 
 def _two_regimes(count: int = 32, size: int = 32) -> dict[str, torch.Tensor]:
@@ -50,7 +50,7 @@ def test_calibrated_share_beats_every_constant_share():
 def test_relative_l1_weighs_each_sample_by_its_own_error():
     target = torch.zeros(2, 3, 8, 8)
     out = torch.stack([torch.full((3, 8, 8), 0.01), torch.full((3, 8, 8), 0.1)]).requires_grad_()
-    loss = per_sample_weighted_l1(out, target)
+    loss = relative_l1(out, target)
     assert torch.isclose(loss, torch.nn.functional.l1_loss(out, target))  # the value is the batch L1
     loss.backward()
     # A plain L1 gives both samples the same gradient, so the noisy one dominates the update in
