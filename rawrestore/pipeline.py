@@ -107,7 +107,7 @@ class Developer:
         detail_of = partial(render_detail, wb=raw.wb, srgb_from_cam=raw.srgb_from_cam, gain=gain)
         image = develop_tiled(self.model, x, noise_std, color, condition, packed, detail_of, opts.steps, opts.seed,
                               opts.tile, opts.overlap, self.device, self.dtype)
-        return orient(crop_back(image.clamp(0, 1), offset, (h, w)), raw.orientation)
+        return orient(crop_back(image.clamp_(0, 1), offset, (h, w)), raw.orientation)
 
 
 # --- The model on prepared inputs ----------------------------------------------------------------
@@ -226,4 +226,4 @@ class Tiler:
                 rows, cols = slice(y * out_scale, (y + th) * out_scale), slice(x * out_scale, (x + tw) * out_scale)
                 out[:, rows, cols] += result * weight
                 total[:, rows, cols] += weight
-        return out / total
+        return out.div_(total)

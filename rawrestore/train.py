@@ -31,12 +31,14 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import default_collate as collate
 
 from .dataset import SyntheticRAWDataset
 from .models import RVAE, LatentDenoiser
+from .models.blocks import ResBlock
 from .schedulers import IRSDEScheduler, sample
 from .pipeline import STEP_CHOICES, develop_latent
-from .weights import ModelBundle, save_bundle
+from .weights import ModelBundle, bundle_from_config, save_bundle
 
 # Dataset options per --condition.
 CONDITIONS = {
@@ -91,15 +93,74 @@ def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objec
     }
 
 
-def load_init(bundle: ModelBundle, path: str) -> list[str]:
-    """Weights from a run's checkpoint.pt (its EMA) or a .safetensors; returns the layers it lacks."""
+def fresh_bundle(config: dict | None = None) -> ModelBundle:
+    """Untrained networks in the shape ``config`` (:meth:`ModelBundle.config`) describes, or the
+    default shape (checkpoints from before the config was saved in them have that)."""
+    return bundle_from_config(config) if config else ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler())
+
+
+def load_init(path: str) -> tuple[ModelBundle, list[str]]:
+    """The networks of a run's checkpoint.pt (its EMA) or of a weights .safetensors, in the shape
+    they were saved with; returns them and the layers the file lacks (those keep their
+    initialisation, which makes them start as no-ops)."""
     if path.endswith(".safetensors"):  # shipped weights (e.g. rawrestore/weights/)
+        from safetensors import safe_open
         from safetensors.torch import load_file
+        with safe_open(path, "pt") as fh:
+            config = json.loads(fh.metadata()["config"])
         weights = load_file(path)
     else:
-        weights = torch.load(path, weights_only=False)["ema"]
+        state = torch.load(path, weights_only=False)
+        config, weights = state.get("config"), state["ema"]
+    bundle = fresh_bundle(config)
     missing, _ = bundle.load_state_dict(weights, strict=False)
-    return missing
+    return bundle, missing
+
+
+@torch.no_grad()
+def prune_inner(bundle: ModelBundle, fraction: float, batches: list[dict]) -> ModelBundle:
+    """Structured pruning: every ResBlock keeps ``fraction`` of its inner channels, those that
+    matter most on ``batches``, and their weights; the residual streams keep their width.
+
+    A channel's importance is its mean |activation| where the second convolution reads it times
+    the norm of that convolution's weights on it: an estimate of how much the block's output
+    changes without it (the criterion of Molchanov et al. 2017 without the gradient). Blocks that
+    share an inner width in the config (the RVAE's two, the denoiser's per level) keep the same
+    count."""
+    blocks = {name: m for name, m in bundle.named_modules() if isinstance(m, ResBlock)}
+    activation = {name: 0.0 for name in blocks}
+
+    def hook(name):
+        def record(_module, args):
+            activation[name] = activation[name] + args[0].abs().mean((0, 2, 3))
+        return record
+
+    handles = [b.conv2.register_forward_pre_hook(hook(name)) for name, b in blocks.items()]
+    try:
+        gen = torch.Generator().manual_seed(0)
+        for batch in batches:
+            training_state(bundle, batch, gen)
+    finally:
+        for handle in handles:
+            handle.remove()
+    config = bundle.config()
+    config["rvae_hidden"] = round(config["rvae_hidden"] * fraction)
+    config["denoiser_hidden"] = [round(h * fraction) for h in config["denoiser_hidden"]]
+    pruned = bundle_from_config(config)
+    state = bundle.state_dict()
+    for name, block in blocks.items():
+        count = pruned.get_submodule(name).conv1.out_channels
+        importance = activation[name] * torch.linalg.vector_norm(block.conv2.weight, dim=(0, 2, 3))
+        keep = importance.topk(count).indices.sort().values
+        for key in ("conv1.weight", "conv1.bias"):
+            state[f"{name}.{key}"] = state[f"{name}.{key}"][keep]
+        state[f"{name}.conv2.weight"] = state[f"{name}.conv2.weight"][:, keep]
+        if block.film is not None:  # (scale, shift) per inner channel
+            both = torch.cat([keep, keep + block.conv1.out_channels])
+            for key in ("film.weight", "film.bias"):
+                state[f"{name}.{key}"] = state[f"{name}.{key}"][both]
+    pruned.load_state_dict(state)
+    return pruned
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -174,12 +235,12 @@ def validate(bundle: ModelBundle, val: list[dict], num_steps: int = 2) -> float:
     return float(np.mean(scores))
 
 
-def share_stage(bundle: ModelBundle, args: argparse.Namespace, say: Callable[[str], None]) -> None:
+def share_stage(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     """``--calibrate-share``: the --init weights with their share refitted, written to --export."""
     if not (args.init and args.export):
         raise SystemExit("--calibrate-share needs --init (the weights to calibrate) and --export")
     say(f"config {json.dumps(vars(args))}")
-    load_init(bundle, args.init)
+    bundle, _ = load_init(args.init)
     dataset = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
                                   darktable_profiles=args.darktable_profiles, **CONDITIONS["clean"])
     cache = share_inputs(bundle, dataset, args.calibrate_share)
@@ -217,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibrate-share", type=int, default=0, metavar="SAMPLES",
                    help="instead of training: fit the decoder's classical share of the --init weights on "
                         "SAMPLES training samples (a fifth held out to report), then --export")
+    p.add_argument("--prune", type=float, default=0.0, metavar="FRACTION",
+                   help="start from the --init weights with every ResBlock's inner width cut to FRACTION "
+                        "(the most important channels kept; see prune_inner)")
     p.add_argument("--objective", choices=["l1", "relative"], default="l1",
                    help="the output's loss: l1 over the batch, or relative (each sample weighted by "
                         "its relative error, as per-image PSNR weights it)")
@@ -236,35 +300,43 @@ def main(argv: list[str] | None = None) -> None:
         log.write(line + "\n")
 
     torch.manual_seed(args.seed)
-    bundle = ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler())
     if args.calibrate_share:
-        share_stage(bundle, args, say)
+        share_stage(args, say)
         return
-    ema = copy.deepcopy(bundle)
-    params = list(bundle.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    step, elapsed = 0, 0.0
-    ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        bundle.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed = state["step"], state["elapsed"]
-        say(f"resumed at step {step}, {elapsed / 60:.1f} min in")
-    else:
-        say(f"config {json.dumps(vars(args))}")
-        if args.init:
-            missing = load_init(bundle, args.init)
-            ema.load_state_dict(bundle.state_dict())
-            say(f"initialised from {args.init}; new: {', '.join(missing) or 'nothing'}")
-
+    if args.prune and not args.init:
+        raise SystemExit("--prune needs --init (the weights to prune)")
     train = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
                                 darktable_profiles=args.darktable_profiles, **CONDITIONS[args.condition])
     # Validation as at inference: the colour condition neither degraded nor restyled.
     val_set = SyntheticRAWDataset(args.data, "val", crop=args.crop, seed=12345, restyle_probability=0.0,
                                   degrade_condition=False)
     val = [val_set[i] for i in range(args.val_size)]
+    step, elapsed = 0, 0.0
+    ckpt = out / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    if state is not None:  # resume: the networks in the shape they were saved with
+        bundle = fresh_bundle(state.get("config"))
+    else:
+        say(f"config {json.dumps(vars(args))}")
+        bundle = fresh_bundle()
+        if args.init:
+            bundle, missing = load_init(args.init)
+            say(f"initialised from {args.init}; new: {', '.join(missing) or 'nothing'}")
+        if args.prune:
+            # Importance measured on training samples from the far end of the set, past this run's own.
+            batches = [collate([train[len(train) - 1 - i * args.batch - j] for j in range(args.batch)])
+                       for i in range(4)]
+            bundle = prune_inner(bundle, args.prune, batches)
+            say(f"pruned to {args.prune:g} of the inner widths: {json.dumps(bundle.config())}")
+    ema = copy.deepcopy(bundle)
+    params = list(bundle.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    if state is not None:
+        bundle.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = state["step"], state["elapsed"]
+        say(f"resumed at step {step}, {elapsed / 60:.1f} min in")
     say(f"{len(train.paths)} training photos, {len(val_set.paths)} validation photos")
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(train, range(step * args.batch, len(train))), batch_size=args.batch,
@@ -274,6 +346,11 @@ def main(argv: list[str] | None = None) -> None:
     last_ckpt = time.time()
     start = time.time() - elapsed
     running: dict[str, float] = {}
+
+    def save_checkpoint() -> None:
+        torch.save({"model": bundle.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "config": bundle.config(), "step": step, "elapsed": time.time() - start}, ckpt)
+
     for batch in loader:
         elapsed = time.time() - start
         if elapsed >= budget:
@@ -301,11 +378,9 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.val_every == 0:
             say(f"step {step} val PSNR (EMA, 2 steps) {validate(ema, val):.2f} dB")
         if time.time() - last_ckpt > 300:
-            torch.save({"model": bundle.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "step": step, "elapsed": time.time() - start}, ckpt)
+            save_checkpoint()
             last_ckpt = time.time()
-    torch.save({"model": bundle.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "step": step, "elapsed": time.time() - start}, ckpt)
+    save_checkpoint()
     say(f"done: step {step}, val PSNR (EMA, 2 steps) {validate(ema, val):.2f} dB")
     if args.export:
         save_bundle(ema, args.export, {"steps_trained": step, "minutes": round(elapsed / 60, 1)})

@@ -42,7 +42,9 @@ class ModelBundle(nn.Module):
     def config(self) -> dict:
         d = self.denoiser
         return {"latent_channels": self.rvae.latent_channels,
-                "denoiser_widths": [d.enc0.conv1.out_channels, d.enc1.conv1.out_channels, d.mid[0].conv1.out_channels],
+                "rvae_hidden": self.rvae.encoder.block.conv1.out_channels,
+                "denoiser_widths": [d.enc0.conv2.out_channels, d.enc1.conv2.out_channels, d.mid[0].conv2.out_channels],
+                "denoiser_hidden": [d.enc0.conv1.out_channels, d.enc1.conv1.out_channels, d.mid[0].conv1.out_channels],
                 "scheduler": {"num_train_timesteps": self.scheduler.T, "t_start": self.scheduler.t_start,
                               "lam": self.scheduler.lam}}
 
@@ -82,11 +84,18 @@ def load_bundle(path: str | Path, sha256: str | None = None) -> ModelBundle:
         state = load_file(str(path))
     except Exception as err:
         raise WeightsError(f"{path}: not a rawrestore weights file ({err})") from None
-    bundle = ModelBundle(RVAE(config["latent_channels"]),
-                         LatentDenoiser(config["latent_channels"], tuple(config["denoiser_widths"])),
-                         IRSDEScheduler(**config["scheduler"]))
+    bundle = bundle_from_config(config)
     bundle.load_state_dict(state)
     return bundle.eval()
+
+
+def bundle_from_config(config: dict) -> ModelBundle:
+    """The untrained networks that :meth:`ModelBundle.config` describes."""
+    # Files from before the inner widths were configurable (v6 and older) have them equal to the widths.
+    return ModelBundle(RVAE(config["latent_channels"], config.get("rvae_hidden", 64)),
+                       LatentDenoiser(config["latent_channels"], tuple(config["denoiser_widths"]),
+                                      hidden=tuple(config.get("denoiser_hidden", config["denoiser_widths"]))),
+                       IRSDEScheduler(**config["scheduler"]))
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,15 @@
-"""Training objectives: the relative L1, and the classical share's calibration to per-sample PSNR."""
+"""Training: the relative L1, the classical share's calibration to per-sample PSNR, pruning."""
 from __future__ import annotations
 
 import torch
 
+from rawrestore.models import RVAE, LatentDenoiser
+from rawrestore.models.blocks import ResBlock
 from rawrestore.models.rvae import ClassicalShare
-from rawrestore.train import calibrate_share, relative_l1, share_psnr
+from rawrestore.pipeline import develop_latent
+from rawrestore.schedulers import IRSDEScheduler
+from rawrestore.train import calibrate_share, prune_inner, relative_l1, share_psnr
+from rawrestore.weights import ModelBundle, load_bundle, save_bundle
 
 
 def _two_regimes(count: int = 32, size: int = 32) -> dict[str, torch.Tensor]:
@@ -57,3 +62,44 @@ def test_relative_l1_weighs_each_sample_by_its_own_error():
     # relative terms; here each sample's gradient is inversely proportional to its error.
     quiet, noisy = out.grad[0].abs().mean(), out.grad[1].abs().mean()
     assert torch.isclose(quiet / noisy, torch.tensor(10.0))
+
+
+def _batch(size: int = 16, count: int = 2) -> dict[str, torch.Tensor]:
+    """Random inputs in the shapes training_state reads (packed RAW at ``size``)."""
+    gen = torch.Generator().manual_seed(1)
+    rand = lambda *shape: torch.rand(count, *shape, generator=gen)  # noqa: E731
+    return {"input": rand(4, size, size), "clean_input": rand(4, size, size),
+            "noise_std": 0.05 * rand(1, size, size), "clean_std": 0.01 * rand(1, size, size),
+            "color": rand(3, size // 2, size // 2), "detail": 0.1 * rand(3, 2 * size, 2 * size),
+            "clean_detail": 0.1 * rand(3, 2 * size, 2 * size), "target": rand(3, 2 * size, 2 * size)}
+
+
+def test_pruning_removes_the_channels_that_do_not_matter(tmp_path):
+    torch.manual_seed(0)
+    bundle = ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler()).eval()
+    with torch.no_grad():
+        for module in bundle.modules():
+            if isinstance(module, ResBlock):
+                # Trained-like second convolutions (they start at zero), reading only the even
+                # inner channels: the odd ones cannot change the output.
+                weight = 0.05 * torch.randn_like(module.conv2.weight)
+                weight[:, 1::2] = 0
+                module.conv2.weight.copy_(weight)
+        bundle.denoiser.head.weight.normal_(0, 0.05)
+    batch = _batch()
+    pruned = prune_inner(bundle, 0.5, [batch])
+    config = pruned.config()
+    assert config["rvae_hidden"] == 32 and config["denoiser_hidden"] == [16, 32, 64]
+    assert sum(p.numel() for p in pruned.parameters()) < 0.6 * sum(p.numel() for p in bundle.parameters())
+
+    def develop(b):
+        with torch.no_grad():
+            return develop_latent(b, batch["input"], batch["noise_std"], batch["color"], batch["detail"], 1)
+
+    before = develop(bundle)
+    assert torch.allclose(develop(pruned), before, atol=1e-5)
+    # The inner widths travel in the weights file: the pruned networks load in their own shape.
+    reloaded = load_bundle(save_bundle(pruned, tmp_path / "pruned.safetensors"))
+    assert torch.allclose(develop(reloaded), before, atol=1e-5)
+    # Pruning the channels that do matter changes the output: the test above can fail.
+    assert not torch.allclose(develop(prune_inner(bundle, 0.25, [batch])), before, atol=1e-3)

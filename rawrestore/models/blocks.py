@@ -12,15 +12,20 @@ from torch import nn
 
 
 class ResBlock(nn.Module):
-    """conv3x3 - SiLU - conv3x3 with a residual; optional time FiLM (scale, shift) in between."""
+    """conv3x3 - SiLU - conv3x3 with a residual; optional time FiLM (scale, shift) in between.
 
-    def __init__(self, c_in: int, c_out: int | None = None, time_dim: int | None = None):
+    ``hidden`` (default ``c_out``) is the width between the two convolutions: the block's cost
+    scales with it while the residual stream keeps its width.
+    """
+
+    def __init__(self, c_in: int, c_out: int | None = None, time_dim: int | None = None, hidden: int | None = None):
         super().__init__()
         c_out = c_out or c_in
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        hidden = hidden or c_out
+        self.conv1 = nn.Conv2d(c_in, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-        self.film = nn.Linear(time_dim, 2 * c_out) if time_dim else None
+        self.film = nn.Linear(time_dim, 2 * hidden) if time_dim else None
         self.act = nn.SiLU()
         nn.init.zeros_(self.conv2.weight)  # start as identity: stable without normalisation
         nn.init.zeros_(self.conv2.bias)

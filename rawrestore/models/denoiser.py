@@ -14,21 +14,25 @@ from .blocks import ResBlock, timestep_embedding
 
 
 class LatentDenoiser(nn.Module):
-    def __init__(self, latent_channels: int = 16, widths: tuple[int, int, int] = (32, 64, 128), time_dim: int = 64):
+    def __init__(self, latent_channels: int = 16, widths: tuple[int, int, int] = (32, 64, 128), time_dim: int = 64,
+                 hidden: tuple[int, int, int] | None = None):
+        """``widths``: channels per level (latent grid, /2, /4); ``hidden``: the ResBlocks' inner
+        widths per level (default ``widths``)."""
         super().__init__()
         c0, c1, c2 = widths
+        h0, h1, h2 = hidden or widths
         self.time_dim = time_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.stem = nn.Conv2d(2 * latent_channels + 3 + 1, c0, 3, padding=1)
-        self.enc0 = ResBlock(c0, time_dim=time_dim)
+        self.enc0 = ResBlock(c0, time_dim=time_dim, hidden=h0)
         self.down1 = nn.Conv2d(c0, c1, 3, stride=2, padding=1)
-        self.enc1 = ResBlock(c1, time_dim=time_dim)
+        self.enc1 = ResBlock(c1, time_dim=time_dim, hidden=h1)
         self.down2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
-        self.mid = nn.ModuleList([ResBlock(c2, time_dim=time_dim), ResBlock(c2, time_dim=time_dim)])
+        self.mid = nn.ModuleList([ResBlock(c2, time_dim=time_dim, hidden=h2) for _ in range(2)])
         self.up2 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
-        self.dec1 = ResBlock(2 * c1, c1, time_dim=time_dim)
+        self.dec1 = ResBlock(2 * c1, c1, time_dim=time_dim, hidden=h1)
         self.up1 = nn.ConvTranspose2d(c1, c0, 2, stride=2)
-        self.dec0 = ResBlock(2 * c0, c0, time_dim=time_dim)
+        self.dec0 = ResBlock(2 * c0, c0, time_dim=time_dim, hidden=h0)
         self.head = nn.Conv2d(c0, latent_channels, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)

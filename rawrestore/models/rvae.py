@@ -19,11 +19,11 @@ from .blocks import ResBlock
 
 
 class RAWEncoder(nn.Module):
-    def __init__(self, latent_channels: int = 16, width: int = 64):
+    def __init__(self, latent_channels: int = 16, width: int = 64, hidden: int = 64):
         super().__init__()
         # Each latent pixel sees its 4x4 sensor block (16 packed values) + the noise std.
         self.stem = nn.Conv2d(4 * 4 + 1, width, 3, padding=1)
-        self.block = ResBlock(width)
+        self.block = ResBlock(width, hidden=hidden)
         self.head = nn.Conv2d(width, 2 * latent_channels, 3, padding=1)
 
     def forward(self, packed: torch.Tensor, noise_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +70,10 @@ class ClassicalShare(nn.Module):
 
 
 class RGBDecoder(nn.Module):
-    def __init__(self, latent_channels: int = 16, width: int = 64, half_width: int = 16):
+    def __init__(self, latent_channels: int = 16, width: int = 64, half_width: int = 16, hidden: int = 64):
         super().__init__()
         self.stem = nn.Conv2d(latent_channels + 3, width, 3, padding=1)
-        self.block_latent = ResBlock(width)
+        self.block_latent = ResBlock(width, hidden=hidden)
         self.up = nn.Conv2d(width, 4 * half_width, 1)
         # A U-Net-style skip from the RAW at H/2 (as in Refusion's latent autoencoder): fine
         # detail need not squeeze through the latent. Zero-initialised: it starts as a no-op.
@@ -109,11 +109,11 @@ class RGBDecoder(nn.Module):
 
 
 class RVAE(nn.Module):
-    def __init__(self, latent_channels: int = 16):
+    def __init__(self, latent_channels: int = 16, hidden: int = 64):
         super().__init__()
         self.latent_channels = latent_channels
-        self.encoder = RAWEncoder(latent_channels)
-        self.decoder = RGBDecoder(latent_channels)
+        self.encoder = RAWEncoder(latent_channels, hidden=hidden)
+        self.decoder = RGBDecoder(latent_channels, hidden=hidden)
 
     def encode(self, packed: torch.Tensor, noise_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(packed, noise_std)
