@@ -145,6 +145,7 @@ def prune_inner(bundle: ModelBundle, fraction: float, batches: list[dict]) -> Mo
             handle.remove()
     config = bundle.config()
     config["rvae_hidden"] = round(config["rvae_hidden"] * fraction)
+    config["rvae_half_hidden"] = round(config["rvae_half_hidden"] * fraction)
     config["denoiser_hidden"] = [round(h * fraction) for h in config["denoiser_hidden"]]
     pruned = bundle_from_config(config)
     state = bundle.state_dict()

@@ -89,7 +89,7 @@ def test_pruning_removes_the_channels_that_do_not_matter(tmp_path):
     batch = _batch()
     pruned = prune_inner(bundle, 0.5, [batch])
     config = pruned.config()
-    assert config["rvae_hidden"] == 32 and config["denoiser_hidden"] == [16, 32, 64]
+    assert (config["rvae_hidden"], config["rvae_half_hidden"], config["denoiser_hidden"]) == (32, 8, [16, 32, 64])
     assert sum(p.numel() for p in pruned.parameters()) < 0.6 * sum(p.numel() for p in bundle.parameters())
 
     def develop(b):

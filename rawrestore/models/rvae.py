@@ -70,7 +70,8 @@ class ClassicalShare(nn.Module):
 
 
 class RGBDecoder(nn.Module):
-    def __init__(self, latent_channels: int = 16, width: int = 64, half_width: int = 16, hidden: int = 64):
+    def __init__(self, latent_channels: int = 16, width: int = 64, half_width: int = 16, hidden: int = 64,
+                 half_hidden: int = 16):
         super().__init__()
         self.stem = nn.Conv2d(latent_channels + 3, width, 3, padding=1)
         self.block_latent = ResBlock(width, hidden=hidden)
@@ -81,8 +82,8 @@ class RGBDecoder(nn.Module):
                                       nn.Conv2d(half_width, half_width, 1))
         nn.init.zeros_(self.raw_skip[2].weight)
         nn.init.zeros_(self.raw_skip[2].bias)
-        self.block_half = ResBlock(half_width)
-        self.block_half2 = ResBlock(half_width)
+        self.block_half = ResBlock(half_width, hidden=half_hidden)
+        self.block_half2 = ResBlock(half_width, hidden=half_hidden)
         self.head = nn.Conv2d(half_width, 12, 3, padding=1)
         # Per output pixel and colour, how much of the classical render's fine detail to keep.
         # Starts nearly closed (sigmoid(-3) = 0.05), so it begins close to a decoder without it.
@@ -109,11 +110,13 @@ class RGBDecoder(nn.Module):
 
 
 class RVAE(nn.Module):
-    def __init__(self, latent_channels: int = 16, hidden: int = 64):
+    def __init__(self, latent_channels: int = 16, hidden: int = 64, half_hidden: int = 16):
+        """``hidden``: the inner width of the ResBlocks at the latent grid, ``half_hidden``: of the
+        decoder's at H/2."""
         super().__init__()
         self.latent_channels = latent_channels
         self.encoder = RAWEncoder(latent_channels, hidden=hidden)
-        self.decoder = RGBDecoder(latent_channels, hidden=hidden)
+        self.decoder = RGBDecoder(latent_channels, hidden=hidden, half_hidden=half_hidden)
 
     def encode(self, packed: torch.Tensor, noise_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(packed, noise_std)
