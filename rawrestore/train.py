@@ -12,7 +12,9 @@ every few minutes (resume by running the same command again), EMA weights, a log
 validation PSNR (2-step sampler, on the inference distribution) every ``--val-every`` steps.
 
 A second, short stage calibrates the decoder's classical share, everything else frozen:
-``--calibrate-share 1000 --init WEIGHTS`` (see :func:`calibrate_share`).
+``--calibrate-share 1000 --init WEIGHTS`` (see :func:`calibrate_share`). ``--prune 0.5 --init
+WEIGHTS`` starts a run from those weights with half the ResBlocks' inner channels (see
+:func:`prune_inner`): fewer operations at inference, the same interfaces.
 
 A degraded condition (the default, as v1-v3 were trained) makes the model take only colour from
 it, but it also breaks what inference guarantees, that the condition plus the detail input is
@@ -123,10 +125,10 @@ def prune_inner(bundle: ModelBundle, fraction: float, batches: list[dict]) -> Mo
     matter most on ``batches``, and their weights; the residual streams keep their width.
 
     A channel's importance is its mean |activation| where the second convolution reads it times
-    the norm of that convolution's weights on it: an estimate of how much the block's output
-    changes without it (the criterion of Molchanov et al. 2017 without the gradient). Blocks that
-    share an inner width in the config (the RVAE's two, the denoiser's per level) keep the same
-    count."""
+    the norm of that convolution's weights on it: a first-order estimate of how much the block's
+    output changes without it. Blocks that share an inner width in the config (the RVAE's two at
+    the latent grid, its two at H/2, the denoiser's per level) keep the same count. Fine-tune
+    afterwards: the pruned networks start a little below the full ones."""
     blocks = {name: m for name, m in bundle.named_modules() if isinstance(m, ResBlock)}
     activation = {name: 0.0 for name in blocks}
 
