@@ -40,7 +40,7 @@ from .models import RVAE, LatentDenoiser
 from .models.blocks import ResBlock
 from .schedulers import IRSDEScheduler, sample
 from .pipeline import STEP_CHOICES, develop_latent
-from .weights import ModelBundle, bundle_from_config, save_bundle
+from .weights import ModelBundle, bundle_from_config, save_bundle, with_two_band_share
 
 # Dataset options per --condition.
 CONDITIONS = {
@@ -115,7 +115,7 @@ def load_init(path: str) -> tuple[ModelBundle, list[str]]:
         state = torch.load(path, weights_only=False)
         config, weights = state.get("config"), state["ema"]
     bundle = fresh_bundle(config)
-    missing, _ = bundle.load_state_dict(weights, strict=False)
+    missing, _ = bundle.load_state_dict(with_two_band_share(weights), strict=False)
     return bundle, missing
 
 
@@ -198,8 +198,7 @@ def share_psnr(share: torch.nn.Module, cache: dict[str, torch.Tensor], index: to
                border: int = 8) -> torch.Tensor:
     """Per-sample PSNR (dB) of the blended output on ``cache[index]``, ``border`` pixels left out."""
     network, classical = cache["network"][index].float(), cache["classical"][index].float()
-    weight = share(network, classical, cache["x"][index], cache["noise_std"][index])
-    out = torch.lerp(network, classical, weight).clamp(0, 1)
+    out = share(network, classical, cache["x"][index], cache["noise_std"][index]).clamp(0, 1)
     crop = (..., slice(border, -border), slice(border, -border))
     mse = ((out - cache["target"][index].float()) ** 2)[crop].mean((1, 2, 3))
     return -10 * torch.log10(mse.clamp_min(1e-10))

@@ -86,8 +86,17 @@ def load_bundle(path: str | Path, sha256: str | None = None) -> ModelBundle:
     except Exception as err:
         raise WeightsError(f"{path}: not a rawrestore weights file ({err})") from None
     bundle = bundle_from_config(config)
-    bundle.load_state_dict(state)
+    bundle.load_state_dict(with_two_band_share(state))
     return bundle.eval()
+
+
+def with_two_band_share(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Files before v8 have one classical share for both bands of the difference: the same
+    logistic for each band is exactly their blend."""
+    for key in ("rvae.decoder.classical_share.logit.weight", "rvae.decoder.classical_share.logit.bias"):
+        if key in state and state[key].shape[0] == 3:
+            state[key] = torch.cat([state[key], state[key]])
+    return state
 
 
 def bundle_from_config(config: dict) -> ModelBundle:

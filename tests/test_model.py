@@ -44,9 +44,9 @@ def model() -> Developer:
     return Developer(DevelopOptions(auto_exposure=False))
 
 
-@pytest.mark.parametrize("iso, margin", [(6400, 1.6), (25600, 2.9)])
+@pytest.mark.parametrize("iso, margin", [(6400, 1.9), (25600, 2.9)])
 def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin):
-    # Shipped weights (v6) measured +2.1 dB at ISO 6400 and +3.4 dB at ISO 25600 on this photo.
+    # Shipped weights (v8) measured +2.4 dB at ISO 6400 and +3.4 dB at ISO 25600 on this photo.
     raw = noisy_raw(photo, iso=iso)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
     enhanced = model.develop(raw)
@@ -57,11 +57,11 @@ def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin)
 def test_model_stays_close_on_a_clean_raw(photo, model):
     # RCD on a clean, lens-blurred RAW is near exact (42.1 dB on this photo), and the network
     # alone smooths fine detail; the classical share hands such pixels to the classical render.
-    # The shipped model (v6) measured 0.2 dB below the classical ISP here (v4, whose share was
-    # fitted to the batch L1, 3.0 dB below).
+    # The shipped model (v8) measured 0.1 dB above the classical ISP here (v6, with a one-band
+    # share, 0.2 dB below; v4, whose share was fitted to the batch L1, 3.0 dB below).
     raw = noisy_raw(photo, iso=100)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
-    assert psnr(model.develop(raw), photo) > psnr(classical, photo) - 0.6
+    assert psnr(model.develop(raw), photo) > psnr(classical, photo) - 0.3
 
 
 def test_same_seed_same_output_and_steps_change_it(photo):

@@ -9,7 +9,7 @@ from rawrestore.models.rvae import ClassicalShare
 from rawrestore.pipeline import develop_latent
 from rawrestore.schedulers import IRSDEScheduler
 from rawrestore.train import calibrate_share, prune_inner, relative_l1, share_psnr
-from rawrestore.weights import ModelBundle, load_bundle, save_bundle
+from rawrestore.weights import ModelBundle, load_bundle, save_bundle, with_two_band_share
 
 
 def _two_regimes(count: int = 32, size: int = 32) -> dict[str, torch.Tensor]:
@@ -39,17 +39,37 @@ def test_calibrated_share_beats_every_constant_share():
             super().__init__()
             self.value = value
 
-        def forward(self, network, *_):
-            return torch.full_like(network, self.value)
+        def forward(self, network, classical, *_):
+            return torch.lerp(network, classical, self.value)
 
     best_constant = max(float(share_psnr(Constant(v), cache, everything).mean()) for v in torch.linspace(0, 1, 11))
     share = calibrate_share(ClassicalShare(), cache, iters=200, batch=16)
     with torch.no_grad():
         fitted = share_psnr(share, cache, everything)
-        weights = share(cache["network"], cache["classical"], cache["x"], cache["noise_std"])
+        weights = share.shares(cache["network"], cache["classical"], cache["x"], cache["noise_std"])
     assert float(fitted.mean()) > best_constant + 1.0
     # Mostly the classical render where it is nearly clean, mostly the network where it is noisy.
     assert weights[0::2].mean() > 0.8 and weights[1::2].mean() < 0.2
+
+
+def test_two_band_share_with_one_logistic_is_the_one_band_blend():
+    # Weights from before v8 have one share for the whole difference; loaded, both bands get it,
+    # which must reproduce the old blend exactly.
+    cache = _two_regimes(count=4)
+    torch.manual_seed(0)
+    one_band = {"rvae.decoder.classical_share.logit.weight": torch.randn(3, 3, 1, 1),
+                "rvae.decoder.classical_share.logit.bias": torch.randn(3)}
+    share = ClassicalShare()
+    share.logit.weight.data, share.logit.bias.data = (
+        with_two_band_share(one_band)[f"rvae.decoder.classical_share.logit.{k}"] for k in ("weight", "bias"))
+    args = cache["network"], cache["classical"], cache["x"], cache["noise_std"]
+    with torch.no_grad():
+        fine, coarse = share.shares(*args).chunk(2, dim=1)
+        assert torch.equal(fine, coarse)
+        torch.testing.assert_close(share(*args), torch.lerp(cache["network"], cache["classical"], fine))
+        # Different shares per band give a different output.
+        share.logit.bias[3:] += 2
+        assert (share(*args) - torch.lerp(cache["network"], cache["classical"], fine)).abs().mean() > 1e-3
 
 
 def test_relative_l1_weighs_each_sample_by_its_own_error():

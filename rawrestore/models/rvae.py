@@ -5,8 +5,8 @@ per-pixel noise std (1 channel), space-to-depth to H/4 -> latent (``latent_chann
 mean and log-variance.
 Decoder: latent + colour condition (both at H/4) -> display sRGB at full resolution H,
 upsampled by two pixel shuffles (H/4 -> H/2 -> H), with a skip from the RAW at H/2 and a gated
-share of the classical render's fine detail at H; a last per-pixel fusion with the classical render
-itself (:class:`ClassicalShare`).
+share of the classical render's fine detail at H; a last per-pixel, two-band fusion with the
+classical render itself (:class:`ClassicalShare`).
 """
 from __future__ import annotations
 
@@ -36,25 +36,32 @@ class RAWEncoder(nn.Module):
 
 
 class ClassicalShare(nn.Module):
-    """Per pixel and colour, the share of the classical render in the output, in [0, 1].
+    """The last step: the network's render plus, per pixel, colour and band, a share in [0, 1] of
+    its difference from the classical render.
 
     Where the noise is low, the classical render is close to exact and its errors (demosaic
     artefacts) differ from the network's, so a blend of the two beats either; where the noise is
-    high, the network's output is the better one. The share is a logistic function of three log
-    features: the noise std, the signal level (together they give the noise in display units) and
-    the local disagreement between the two renders, a per-pixel test of whether that disagreement
-    is noise (trust the network) or detail the network lost (trust the classical render).
+    high, the network's output is the better one. The difference is split in two bands, its local
+    mean (2x2 mean, brought back up bilinearly) and the rest: the fine band is where the
+    classical render's noise lives, the coarse band where the network's smoothed-away shading and
+    colour are, so each takes its own share (fitted: +0.2 dB over one share for both on held-out
+    training samples). Each share is a logistic function of three log features: the noise std,
+    the signal level (together they give the noise in display units) and the local disagreement
+    between the two renders, a per-pixel test of whether that disagreement is noise (trust the
+    network) or detail the network lost (trust the classical render).
     """
 
     def __init__(self):
         super().__init__()
-        self.logit = nn.Conv2d(3, 3, 1)  # over (log noise std, log level, log disagreement)
+        # Per band (fine, coarse) and colour, over (log noise std, log level, log disagreement).
+        self.logit = nn.Conv2d(3, 6, 1)
         nn.init.zeros_(self.logit.weight)
         nn.init.constant_(self.logit.bias, -2.0)  # starts near the network alone (0.12)
 
-    def forward(self, network: torch.Tensor, classical: torch.Tensor, x: torch.Tensor,
-                noise_std: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) renders, the (B, 4, H/2, W/2) model input and its noise std -> the share."""
+    def shares(self, network: torch.Tensor, classical: torch.Tensor, x: torch.Tensor,
+               noise_std: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) renders, the (B, 4, H/2, W/2) model input and its noise std -> (B, 6, H, W):
+        the fine band's shares (R, G, B), then the coarse band's."""
         weight, bias = self.logit.weight[:, :, 0, 0], self.logit.bias
         # The 1x1 logit in two parts: the noise and level terms at H/2, where they live (a quarter
         # of the work), the disagreement at H.
@@ -67,6 +74,14 @@ class ClassicalShare(nn.Module):
         disagreement = ((d[..., :-2] + d[..., 1:-1] + d[..., 2:]) / 9).clamp_min(1e-4).log()[:, None]
         return torch.sigmoid(F.interpolate(coarse, scale_factor=2, mode="nearest")
                              + weight[:, 2, None, None] * disagreement)
+
+    def forward(self, network: torch.Tensor, classical: torch.Tensor, x: torch.Tensor,
+                noise_std: torch.Tensor) -> torch.Tensor:
+        """The output: ``network`` + fine share x fine band + coarse share x coarse band."""
+        fine_share, coarse_share = self.shares(network, classical, x, noise_std).chunk(2, dim=1)
+        difference = classical - network
+        smooth = F.interpolate(F.avg_pool2d(difference, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        return network + fine_share * (difference - smooth) + coarse_share * smooth
 
 
 class RGBDecoder(nn.Module):
@@ -106,7 +121,7 @@ class RGBDecoder(nn.Module):
         base = upsample_condition(color)
         network = base + gate * detail + F.pixel_shuffle(self.head(h), 2)
         classical = base + detail
-        return torch.lerp(network, classical, self.classical_share(network, classical, packed, noise_std))
+        return self.classical_share(network, classical, packed, noise_std)
 
 
 class RVAE(nn.Module):
