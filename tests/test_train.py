@@ -46,7 +46,7 @@ def test_calibrated_share_beats_every_constant_share():
     share = calibrate_share(ClassicalShare(), cache, iters=200, batch=16)
     with torch.no_grad():
         fitted = share_psnr(share, cache, everything)
-        weights = share.shares(cache["network"], cache["classical"], cache["x"], cache["noise_std"])
+        weights = share.shares(cache["classical"] - cache["network"], cache["x"], cache["noise_std"])
     assert float(fitted.mean()) > best_constant + 1.0
     # Mostly the classical render where it is nearly clean, mostly the network where it is noisy.
     assert weights[0::2].mean() > 0.8 and weights[1::2].mean() < 0.2
@@ -64,7 +64,7 @@ def test_two_band_share_with_one_logistic_is_the_one_band_blend():
         with_two_band_share(one_band)[f"rvae.decoder.classical_share.logit.{k}"] for k in ("weight", "bias"))
     args = cache["network"], cache["classical"], cache["x"], cache["noise_std"]
     with torch.no_grad():
-        fine, coarse = share.shares(*args).chunk(2, dim=1)
+        fine, coarse = share.shares(cache["classical"] - cache["network"], *args[2:]).chunk(2, dim=1)
         assert torch.equal(fine, coarse)
         torch.testing.assert_close(share(*args), torch.lerp(cache["network"], cache["classical"], fine))
         # Different shares per band give a different output.

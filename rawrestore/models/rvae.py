@@ -58,10 +58,9 @@ class ClassicalShare(nn.Module):
         nn.init.zeros_(self.logit.weight)
         nn.init.constant_(self.logit.bias, -2.0)  # starts near the network alone (0.12)
 
-    def shares(self, network: torch.Tensor, classical: torch.Tensor, x: torch.Tensor,
-               noise_std: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) renders, the (B, 4, H/2, W/2) model input and its noise std -> (B, 6, H, W):
-        the fine band's shares (R, G, B), then the coarse band's."""
+    def shares(self, difference: torch.Tensor, x: torch.Tensor, noise_std: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) classical render minus the network's, the (B, 4, H/2, W/2) model input and
+        its noise std -> (B, 6, H, W): the fine band's shares (R, G, B), then the coarse band's."""
         weight, bias = self.logit.weight[:, :, 0, 0], self.logit.bias
         # The 1x1 logit in two parts: the noise and level terms at H/2, where they live (a quarter
         # of the work), the disagreement at H.
@@ -69,7 +68,7 @@ class ClassicalShare(nn.Module):
         coarse = torch.einsum("oc,bchw->bohw", weight[:, :2], coarse) + bias[:, None, None]
         # The disagreement's 3x3 mean (zero-padded) by shifted slices: on one channel, many times
         # faster than a pooling kernel.
-        d = F.pad((classical - network).abs().mean(1), (1, 1, 1, 1))
+        d = F.pad(difference.abs().mean(1), (1, 1, 1, 1))
         d = d[:, :-2] + d[:, 1:-1] + d[:, 2:]
         disagreement = ((d[..., :-2] + d[..., 1:-1] + d[..., 2:]) / 9).clamp_min(1e-4).log()[:, None]
         return torch.sigmoid(F.interpolate(coarse, scale_factor=2, mode="nearest")
@@ -78,10 +77,11 @@ class ClassicalShare(nn.Module):
     def forward(self, network: torch.Tensor, classical: torch.Tensor, x: torch.Tensor,
                 noise_std: torch.Tensor) -> torch.Tensor:
         """The output: ``network`` + fine share x fine band + coarse share x coarse band."""
-        fine_share, coarse_share = self.shares(network, classical, x, noise_std).chunk(2, dim=1)
         difference = classical - network
+        fine_share, coarse_share = self.shares(difference, x, noise_std).chunk(2, dim=1)
         smooth = F.interpolate(F.avg_pool2d(difference, 2), scale_factor=2, mode="bilinear", align_corners=False)
-        return network + fine_share * (difference - smooth) + coarse_share * smooth
+        # network + fine x (difference - smooth) + coarse x smooth, in three passes, not five.
+        return torch.addcmul(network, fine_share, difference).addcmul_(coarse_share - fine_share, smooth)
 
 
 class RGBDecoder(nn.Module):
