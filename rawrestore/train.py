@@ -40,7 +40,7 @@ from .models import RVAE, LatentDenoiser
 from .models.blocks import ResBlock
 from .schedulers import IRSDEScheduler, sample
 from .pipeline import STEP_CHOICES, develop_latent
-from .weights import ModelBundle, bundle_from_config, save_bundle, with_two_band_share
+from .weights import ModelBundle, bundle_from_config, read_weights, save_bundle, with_two_band_share
 
 # Dataset options per --condition.
 CONDITIONS = {
@@ -106,16 +106,12 @@ def load_init(path: str) -> tuple[ModelBundle, list[str]]:
     they were saved with; returns them and the layers the file lacks (those keep their
     initialisation, which makes them start as no-ops)."""
     if path.endswith(".safetensors"):  # shipped weights (e.g. rawrestore/weights/)
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        with safe_open(path, "pt") as fh:
-            config = json.loads(fh.metadata()["config"])
-        weights = load_file(path)
+        config, weights = read_weights(path)
     else:
         state = torch.load(path, weights_only=False)
-        config, weights = state.get("config"), state["ema"]
+        config, weights = state.get("config"), with_two_band_share(state["ema"])
     bundle = fresh_bundle(config)
-    missing, _ = bundle.load_state_dict(with_two_band_share(weights), strict=False)
+    missing, _ = bundle.load_state_dict(weights, strict=False)
     return bundle, missing
 
 

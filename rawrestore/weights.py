@@ -70,24 +70,30 @@ def save_bundle(bundle: ModelBundle, path: str | Path, info: dict | None = None)
 
 def load_bundle(path: str | Path, sha256: str | None = None) -> ModelBundle:
     """Load weights; with ``sha256`` the file must match it (never a silent load of another file)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     if sha256 is not None and (actual := sha256_of(path)) != sha256:
         raise WeightsError(f"weights file {path} has sha256 {actual[:12]}…, expected {sha256[:12]}… "
                            "(corrupted or replaced; reinstall rawrestore or pass --weights)")
+    config, state = read_weights(path)
+    bundle = bundle_from_config(config)
+    bundle.load_state_dict(state)
+    return bundle.eval()
+
+
+def read_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A weights file's config (from its header) and tensors, older files' share in two bands."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     try:
         with safe_open(str(path), "pt") as fh:
             config = json.loads(fh.metadata()["config"])
         state = load_file(str(path))
     except Exception as err:
         raise WeightsError(f"{path}: not a rawrestore weights file ({err})") from None
-    bundle = bundle_from_config(config)
-    bundle.load_state_dict(with_two_band_share(state))
-    return bundle.eval()
+    return config, with_two_band_share(state)
 
 
 def with_two_band_share(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
