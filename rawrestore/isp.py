@@ -83,24 +83,48 @@ _PAD = 12  # even (keeps the CFA phase) and more than the demosaic's reach, 10 p
 
 
 class _Lattice:
-    """The sites of a padded (H, W) plane at least ``margin`` px inside its edge: all of them, or
-    with ``phase`` (row, column parity) those of one CFA colour. ``of(plane)`` gives its values
-    shifted by (dy, dx) over these sites, ``put`` writes values to them."""
+    """The sites of one CFA colour (``phase``: row, column parity) at least ``margin`` px inside a
+    padded (H, W) plane. Planes are held as their four phases, (2, 2, H/2, W/2) with
+    ``planes[py, px, i, j]`` the site (2i + py, 2j + px): a shift of a site set is then a slice
+    with unit stride, which torch's elementwise kernels vectorise; the same slices of the full
+    plane, with stride 2, made the demosaic twice as slow. ``of(planes)`` gives the values shifted
+    by (dy, dx) over these sites, ``put`` writes values to them."""
 
-    def __init__(self, shape: torch.Size, margin: int, phase: tuple[int, int] | None = None):
+    def __init__(self, shape: torch.Size, margin: int, phase: tuple[int, int]):
         height, width = shape
-        if phase is None:
-            self.rows, self.cols = slice(margin, height - margin), slice(margin, width - margin)
-        else:
-            self.rows = slice(margin + (phase[0] - margin) % 2, height - margin, 2)
-            self.cols = slice(margin + (phase[1] - margin) % 2, width - margin, 2)
+        self.phase = phase
+        # Plane index i holds row 2i + py: the rows margin <= 2i + py < height - margin.
+        self.rows = (-(-(margin - phase[0]) // 2), -(-(height - margin - phase[0]) // 2))
+        self.cols = (-(-(margin - phase[1]) // 2), -(-(width - margin - phase[1]) // 2))
 
-    def of(self, plane: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
-        rows, cols = self.rows, self.cols
-        return lambda dy, dx: plane[rows.start + dy:rows.stop + dy:rows.step, cols.start + dx:cols.stop + dx:cols.step]
+    def of(self, planes: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+        (py, px), (r0, r1), (c0, c1) = self.phase, self.rows, self.cols
 
-    def put(self, plane: torch.Tensor, values: torch.Tensor) -> None:
-        plane[self.rows, self.cols] = values
+        def at(dy: int, dx: int) -> torch.Tensor:
+            qy, qx = py + dy, px + dx
+            return planes[qy % 2, qx % 2, r0 + qy // 2:r1 + qy // 2, c0 + qx // 2:c1 + qx // 2]
+        return at
+
+    def put(self, planes: torch.Tensor, values: torch.Tensor) -> None:
+        (py, px), (r0, r1), (c0, c1) = self.phase, self.rows, self.cols
+        planes[py, px, r0:r1, c0:c1] = values
+
+
+_ALL_SITES = [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def _phases_of(plane: torch.Tensor) -> torch.Tensor:
+    """(H, W), even sides -> (2, 2, H/2, W/2), the layout :class:`_Lattice` reads."""
+    h, w = plane.shape
+    return plane.reshape(h // 2, 2, w // 2, 2).permute(1, 3, 0, 2).contiguous()
+
+
+def _plane_of(phases: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_phases_of` over the leading dimensions: (..., 2, 2, h, w) -> (..., 2h, 2w)."""
+    *lead, _, _, h, w = phases.shape
+    n = len(lead)
+    order = [*range(n), n + 2, n, n + 3, n + 1]
+    return phases.permute(order).reshape(*lead, 2 * h, 2 * w)
 
 
 def _high_pass(at: Callable[[int, int], torch.Tensor], dy: int, dx: int) -> torch.Tensor:
@@ -116,13 +140,14 @@ def _direction_weight(cfa: torch.Tensor, first: tuple[int, int], second: tuple[i
     weights where that mean is more decided (further from 0.5)."""
     energy = {step: torch.zeros_like(cfa) for step in (first, second)}
     weight = torch.full_like(cfa, 0.5)
+    shape = (2 * cfa.shape[2], 2 * cfa.shape[3])
     for phase in phases:
-        lattice = _Lattice(cfa.shape, 3, phase)
+        lattice = _Lattice(shape, 3, phase)
         for step, plane in energy.items():
             response = _high_pass(lattice.of(cfa), *step)
             lattice.put(plane, response * response)
     for phase in phases:
-        lattice = _Lattice(cfa.shape, 4, phase)
+        lattice = _Lattice(shape, 4, phase)
 
         def along(step: tuple[int, int]) -> torch.Tensor:
             at = lattice.of(energy[step])
@@ -132,7 +157,7 @@ def _direction_weight(cfa: torch.Tensor, first: tuple[int, int], second: tuple[i
         lattice.put(weight, first_energy / (first_energy + second_energy))
     refined = weight.clone()
     for phase in phases:
-        lattice = _Lattice(cfa.shape, 5, phase)
+        lattice = _Lattice(shape, 5, phase)
         at = lattice.of(weight)
         centre, around = at(0, 0), 0.25 * (at(-1, -1) + at(-1, 1) + at(1, -1) + at(1, 1))
         lattice.put(refined, torch.where((centre - 0.5).abs() < (around - 0.5).abs(), around, centre))
@@ -148,21 +173,26 @@ def _two_sided(minus_gradient: torch.Tensor, plus_gradient: torch.Tensor, minus_
 def demosaic(mosaic: torch.Tensor) -> torch.Tensor:
     """RCD demosaic of an RGGB (H, W) mosaic -> (3, H, W)."""
     h, w = mosaic.shape
-    cfa = F.pad(mosaic[None, None], (_PAD,) * 4, mode="reflect")[0, 0]
-    vertical_to_horizontal = _direction_weight(cfa, (1, 0), (0, 1), [None])
+    # Padded to even sides (the extra row or column is beyond the reach of every real site).
+    padded = F.pad(mosaic[None, None], (_PAD, _PAD + w % 2, _PAD, _PAD + h % 2), mode="reflect")[0, 0]
+    shape = padded.shape
+    cfa = _phases_of(padded)
+    vertical_to_horizontal = _direction_weight(cfa, (1, 0), (0, 1), _ALL_SITES)
     falling_to_rising = _direction_weight(cfa, (1, 1), (1, -1), [_RED, _BLUE])
 
     # Low-pass of the mosaic (a 3x3 binomial: every colour contributes), clipped at zero so that
     # the ratios below stay in [0, 2] on noisy dark data.
-    lattice = _Lattice(cfa.shape, 1)
-    at = lattice.of(cfa.clamp_min(0))
     low_pass = torch.zeros_like(cfa)
-    lattice.put(low_pass, 0.25 * at(0, 0) + 0.125 * (at(-1, 0) + at(1, 0) + at(0, -1) + at(0, 1))
-                + 0.0625 * (at(-1, -1) + at(-1, 1) + at(1, -1) + at(1, 1)))
+    clipped = cfa.clamp_min(0)
+    for phase in _ALL_SITES:
+        lattice = _Lattice(shape, 1, phase)
+        at = lattice.of(clipped)
+        lattice.put(low_pass, 0.25 * at(0, 0) + 0.125 * (at(-1, 0) + at(1, 0) + at(0, -1) + at(0, 1))
+                    + 0.0625 * (at(-1, -1) + at(-1, 1) + at(1, -1) + at(1, 1)))
 
     green = cfa.clone()
     for phase in (_RED, _BLUE):
-        lattice = _Lattice(cfa.shape, 5, phase)
+        lattice = _Lattice(shape, 5, phase)
         c, lp = lattice.of(cfa), lattice.of(low_pass)
 
         def green_along(dy: int, dx: int) -> torch.Tensor:
@@ -186,17 +216,17 @@ def demosaic(mosaic: torch.Tensor) -> torch.Tensor:
         return _two_sided(minus, plus, s(-1) - t(-1), s(1) - t(1))
 
     for phase, plane in ((_RED, blue), (_BLUE, red)):  # blue at red sites, red at blue sites
-        lattice = _Lattice(cfa.shape, 7, phase)
+        lattice = _Lattice(shape, 7, phase)
         c, g = lattice.of(cfa), lattice.of(green)
         lattice.put(plane, g(0, 0) + torch.lerp(colour_along(c, g, 1, 1), colour_along(c, g, 1, -1),
                                                 lattice.of(falling_to_rising)(0, 0)))
     for phase in (_GREEN_IN_RED_ROWS, _GREEN_IN_BLUE_ROWS):  # red and blue at green sites
-        lattice = _Lattice(cfa.shape, 10, phase)
+        lattice = _Lattice(shape, 10, phase)
         g, weight = lattice.of(green), lattice.of(vertical_to_horizontal)(0, 0)
         for plane in (red, blue):
             c = lattice.of(plane)
             lattice.put(plane, g(0, 0) + torch.lerp(colour_along(c, g, 1, 0), colour_along(c, g, 0, 1), weight))
-    return torch.stack([red, green, blue])[:, _PAD:_PAD + h, _PAD:_PAD + w]
+    return _plane_of(torch.stack([red, green, blue]))[:, _PAD:_PAD + h, _PAD:_PAD + w]
 
 
 def demosaic_in_strips(mosaic: torch.Tensor, rows: int = 1024) -> torch.Tensor:
@@ -228,9 +258,14 @@ def apply_matrix(rgb: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
 
 
 def srgb_encode(linear: torch.Tensor) -> torch.Tensor:
-    """IEC 61966-2-1 sRGB transfer curve."""
+    """IEC 61966-2-1 sRGB transfer curve.
+
+    The curve is concave and its two pieces meet at the knee, so it is the smaller of the linear
+    piece and the power piece evaluated above the knee; exp(log(x) / 2.4) is twice as fast as
+    torch's pow with a fractional exponent. Together 2.5x faster than a ``where`` of the two."""
     x = linear.clamp(0.0, 1.0)
-    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+    power = x.clamp_min(0.0031308).log_().mul_(1 / 2.4).exp_().mul_(1.055).sub_(0.055)
+    return torch.minimum(power, x.mul_(12.92))
 
 
 def srgb_decode(encoded: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ class DevelopOptions:
     weights: str | None = None     # None: bundled weights; 'hub'; or a .safetensors path
     device: str = "auto"           # auto | cpu | cuda | mps
     seed: int = 0
-    tile: int = 192                # tile side in latent pixels (x4 sensor pixels)
+    tile: int = 256                # tile side in latent pixels (x4 sensor pixels)
     overlap: int = 24              # tile overlap in latent pixels
 
 
@@ -117,7 +117,7 @@ def develop_latent(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torc
     """Untiled: encode -> few-step IR-SDE sampling -> decode, on batched inputs (B, ...)."""
     from .schedulers import sample
 
-    mu, _ = bundle.rvae.encode(x, noise_std)
+    mu = bundle.rvae.encode_mean(x, noise_std)
     noise_latent = F.avg_pool2d(noise_std, 2)
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -147,8 +147,8 @@ def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch
     # far more: the RVAE's tiles need less overlap, which saves 1/8 of its work.
     rvae_tiler = Tiler(tile, min(overlap, RVAE_OVERLAP), device, dtype)
     noise_latent = F.avg_pool2d(noise_std[None], 2)[0]
-    mu = rvae_tiler.run(lambda xs, ss: bundle.rvae.encode(xs, ss)[0], [(x, 2), (noise_std, 2)],
-                   bundle.rvae.latent_channels, 1)
+    mu = rvae_tiler.run(bundle.rvae.encode_mean, [(x, 2), (noise_std, 2)],
+                        bundle.rvae.latent_channels, 1)
     gen = torch.Generator().manual_seed(seed)
     noises = [torch.randn(mu.shape, generator=gen) for _ in range(num_steps)]
 
