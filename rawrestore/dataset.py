@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -75,14 +76,17 @@ def sample_noise(rng: np.random.Generator, darktable: list | None = None) -> Noi
     return eld_noise(camera, iso, tukey=tukey, rng=rng)
 
 
-def random_look(target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """A random global colour transform (saturation, tint, per-channel contrast), as a style would be."""
-    gray = target.mean(0, keepdim=True)
+def random_look(rng: np.random.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A random global colour transform (saturation, tint, per-channel contrast), as a style would
+    be: one draw, applied alike to every image it is given."""
     sat = rng.uniform(0.0, 1.8)
-    x = gray + (target - gray) * sat
-    x = x * torch.tensor(rng.uniform(0.8, 1.2, 3), dtype=x.dtype)[:, None, None]
-    gamma = torch.tensor(rng.uniform(0.75, 1.3, 3), dtype=x.dtype)[:, None, None]
-    return x.clamp(0, 1) ** gamma
+    tint = torch.tensor(rng.uniform(0.8, 1.2, 3), dtype=torch.float32)[:, None, None]
+    gamma = torch.tensor(rng.uniform(0.75, 1.3, 3), dtype=torch.float32)[:, None, None]
+
+    def look(image: torch.Tensor) -> torch.Tensor:
+        gray = image.mean(0, keepdim=True)
+        return ((gray + (image - gray) * sat) * tint).clamp(0, 1) ** gamma
+    return look
 
 
 class SyntheticRAWDataset(torch.utils.data.Dataset):
@@ -170,8 +174,14 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
         clean_detail = render_detail(clean, clean_color, cam.wb, cam.srgb_from_cam)
         target = photo
         if rng.random() < self.restyle_probability:
-            target = random_look(photo, rng)
-            color = F.avg_pool2d(target[None], 4)[0] + color - clean_color
+            look = random_look(rng)
+            target = look(photo)
+            # The look applied to the clean render's condition, as a style is applied to the
+            # condition at inference: the condition keeps its own relation to the truth (binned
+            # in linear light, then the sRGB curve). With the target's 4x4 mean in its place
+            # (v1-v9), half the samples taught the networks to copy the condition's coarse
+            # shading, which at inference passed that binning's bias through to the output.
+            color = look(clean_color) + color - clean_color
         blur = rng.uniform(0.0, 1.5) if self.degrade_condition else 0.0
         if blur > 0.3:
             k = torch.exp(-torch.arange(-3, 4, dtype=torch.float32) ** 2 / (2 * blur ** 2))
