@@ -95,6 +95,21 @@ def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objec
     }
 
 
+def joint_loss(losses: dict) -> torch.Tensor:
+    return losses["image"] + losses["recon"] + 0.1 * losses["latent"] + 1e-5 * losses["kl"]
+
+
+def train_step(bundle: ModelBundle, opt: torch.optim.Optimizer, batch: dict, gen: torch.Generator,
+               objective: str = "l1") -> dict:
+    """One optimisation step of the joint objective (gradients clipped to norm 1); returns the losses."""
+    losses = training_state(bundle, batch, gen, objective)
+    opt.zero_grad(set_to_none=True)
+    joint_loss(losses).backward()
+    torch.nn.utils.clip_grad_norm_(bundle.parameters(), 1.0)
+    opt.step()
+    return losses
+
+
 def fresh_bundle(config: dict | None = None) -> ModelBundle:
     """Untrained networks in the shape ``config`` (:meth:`ModelBundle.config`) describes, or the
     default shape (checkpoints from before the config was saved in them have that)."""
@@ -357,12 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         lr = args.lr * (min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * progress)) + 0.02)
         for group in opt.param_groups:
             group["lr"] = lr
-        losses = training_state(bundle, batch, gen, args.objective)
-        loss = losses["image"] + losses["recon"] + 0.1 * losses["latent"] + 1e-5 * losses["kl"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        losses = train_step(bundle, opt, batch, gen, args.objective)
         step += 1
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
