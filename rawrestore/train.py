@@ -40,7 +40,7 @@ from .models import RVAE, LatentDenoiser
 from .models.blocks import ResBlock
 from .schedulers import IRSDEScheduler, sample
 from .pipeline import STEP_CHOICES, develop_latent
-from .weights import ModelBundle, bundle_from_config, read_weights, save_bundle, with_two_band_share
+from .weights import ModelBundle, bundle_from_config, read_weights, save_bundle, with_two_bands
 
 # Dataset options per --condition.
 CONDITIONS = {
@@ -124,7 +124,7 @@ def load_init(path: str) -> tuple[ModelBundle, list[str]]:
         config, weights = read_weights(path)
     else:
         state = torch.load(path, weights_only=False)
-        config, weights = state.get("config"), with_two_band_share(state["ema"])
+        config, weights = state.get("config"), with_two_bands(state["ema"])
     bundle = fresh_bundle(config)
     missing, _ = bundle.load_state_dict(weights, strict=False)
     return bundle, missing

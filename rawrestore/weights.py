@@ -93,15 +93,17 @@ def read_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         state = load_file(str(path))
     except Exception as err:
         raise WeightsError(f"{path}: not a rawrestore weights file ({err})") from None
-    return config, with_two_band_share(state)
+    return config, with_two_bands(state)
 
 
-def with_two_band_share(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Files before v8 have one classical share for both bands of the difference: the same
-    logistic for each band is exactly their blend."""
-    for key in ("rvae.decoder.classical_share.logit.weight", "rvae.decoder.classical_share.logit.bias"):
-        if key in state and state[key].shape[0] == 3:
-            state[key] = torch.cat([state[key], state[key]])
+def with_two_bands(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Older files in today's shapes, with the same output. Before v8 the classical share had one
+    logistic for both bands of the difference, before v10 the decoder one detail gate for both
+    bands of the classical detail: the same value for each band is exactly the one-band blend."""
+    for key, one_band in (("rvae.decoder.classical_share.logit", 3), ("rvae.decoder.detail_gate", 12)):
+        for part in ("weight", "bias"):
+            if f"{key}.{part}" in state and state[f"{key}.{part}"].shape[0] == one_band:
+                state[f"{key}.{part}"] = torch.cat([state[f"{key}.{part}"]] * 2)
     return state
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from rawrestore.models import RVAE, LatentDenoiser
 from rawrestore.models.blocks import ResBlock
@@ -11,7 +12,7 @@ from rawrestore.pipeline import develop_latent
 from rawrestore.schedulers import IRSDEScheduler
 from rawrestore.train import (calibrate_share, fresh_bundle, joint_loss, prune_inner, relative_l1, share_psnr,
                               train_step, training_state)
-from rawrestore.weights import ModelBundle, load_bundle, save_bundle, with_two_band_share
+from rawrestore.weights import ModelBundle, load_bundle, save_bundle, with_two_bands
 
 
 def _two_regimes(count: int = 32, size: int = 32) -> dict[str, torch.Tensor]:
@@ -63,7 +64,7 @@ def test_two_band_share_with_one_logistic_is_the_one_band_blend():
                 "rvae.decoder.classical_share.logit.bias": torch.randn(3)}
     share = ClassicalShare()
     share.logit.weight.data, share.logit.bias.data = (
-        with_two_band_share(one_band)[f"rvae.decoder.classical_share.logit.{k}"] for k in ("weight", "bias"))
+        with_two_bands(one_band)[f"rvae.decoder.classical_share.logit.{k}"] for k in ("weight", "bias"))
     args = cache["network"], cache["classical"], cache["x"], cache["noise_std"]
     with torch.no_grad():
         fine, coarse = share.shares(cache["classical"] - cache["network"], *args[2:]).chunk(2, dim=1)
@@ -78,7 +79,7 @@ def test_relative_l1_weighs_each_sample_by_its_own_error():
     target = torch.zeros(2, 3, 8, 8)
     out = torch.stack([torch.full((3, 8, 8), 0.01), torch.full((3, 8, 8), 0.1)]).requires_grad_()
     loss = relative_l1(out, target)
-    assert torch.isclose(loss, torch.nn.functional.l1_loss(out, target))  # the value is the batch L1
+    assert torch.isclose(loss, F.l1_loss(out, target))  # the value is the batch L1
     loss.backward()
     # A plain L1 gives both samples the same gradient, so the noisy one dominates the update in
     # relative terms; here each sample's gradient is inversely proportional to its error.
@@ -146,3 +147,36 @@ def test_training_steps_lower_the_joint_loss():
         train_step(bundle, opt, batch, gen, "relative")
     assert bundle.rvae.decoder.classical_share.logit.weight.abs().sum() > 0
     assert loss() < 0.8 * before
+
+
+def test_one_band_detail_gate_weights_give_the_one_band_decoder():
+    # Weights from before v10 gate the classical detail once; loaded, both bands get that gate,
+    # which must reproduce the old decoder: base + gate x detail + head, then the share.
+    torch.manual_seed(0)
+    decoder = RVAE().decoder.eval()
+    state = {k: v.clone() for k, v in decoder.state_dict().items()}
+    state["detail_gate.weight"] = 0.1 * torch.randn(12, *state["detail_gate.weight"].shape[1:])
+    state["detail_gate.bias"] = torch.randn(12)
+    state["head.weight"].normal_(0, 0.05)
+    converted = with_two_bands({f"rvae.decoder.{k}": v for k, v in state.items()})
+    decoder.load_state_dict({k.removeprefix("rvae.decoder."): v for k, v in converted.items()})
+    batch = _batch(size=16)
+    latent = torch.randn(2, 16, 8, 8)
+    args = latent, batch["color"], batch["input"], batch["noise_std"], batch["detail"]
+
+    def one_band(latent, color, packed, noise_std, detail):
+        h = decoder.block_latent(F.silu(decoder.stem(torch.cat([latent, color], dim=1))))
+        h = F.silu(F.pixel_shuffle(decoder.up(h), 2))
+        h = h + decoder.raw_skip(torch.cat([packed.clamp_min(0).sqrt(), noise_std.sqrt()], dim=1))
+        h = decoder.block_half2(decoder.block_half(h))
+        gate = torch.sigmoid(F.pixel_shuffle(
+            F.conv2d(h, state["detail_gate.weight"], state["detail_gate.bias"], padding=1), 2))
+        base = upsample_condition(color)
+        network = base + gate * detail + F.pixel_shuffle(decoder.head(h), 2)
+        return decoder.classical_share(network, base + detail, packed, noise_std)
+
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(*args), one_band(*args))
+        # A coarse gate of its own changes the output: the comparison above can fail.
+        decoder.detail_gate.bias[12:] += 2
+        assert (decoder(*args) - one_band(*args)).abs().mean() > 1e-3

@@ -108,9 +108,11 @@ class RGBDecoder(nn.Module):
         self.block_half = ResBlock(half_width, hidden=half_hidden)
         self.block_half2 = ResBlock(half_width, hidden=half_hidden)
         self.head = nn.Conv2d(half_width, 12, 3, padding=1)
-        # Per output pixel and colour, how much of the classical render's fine detail to keep.
-        # Starts nearly closed (sigmoid(-3) = 0.05), so it begins close to a decoder without it.
-        self.detail_gate = nn.Conv2d(half_width, 12, 3, padding=1)
+        # Per output pixel, colour and band, how much of the classical render's detail to keep:
+        # 12 channels (2x2 sub-pixels x RGB) for its fine band, 12 for its coarse band (its 2x2
+        # mean brought back up), whose noise is half as strong. Starts nearly closed
+        # (sigmoid(-3) = 0.05), so it begins close to a decoder without it.
+        self.detail_gate = nn.Conv2d(half_width, 24, 3, padding=1)
         nn.init.zeros_(self.detail_gate.weight)
         nn.init.constant_(self.detail_gate.bias, -3.0)
         self.classical_share = ClassicalShare()
@@ -125,9 +127,12 @@ class RGBDecoder(nn.Module):
         # Demosaicking and denoising at full resolution is too much for a network this small on a
         # CPU; a classical demosaic is cheap and exact on clean data, so the decoder chooses per
         # pixel how much of its detail to trust, and adds a learned correction.
-        gate = torch.sigmoid(F.pixel_shuffle(self.detail_gate(h), 2))
+        fine_gate, coarse_gate = torch.sigmoid(F.pixel_shuffle(self.detail_gate(h), 2)).chunk(2, dim=1)
+        coarse = F.interpolate(F.avg_pool2d(detail, 2), scale_factor=2, mode="bilinear", align_corners=False)
         base = upsample_condition(color)
-        network = base + gate * detail + F.pixel_shuffle(self.head(h), 2)
+        # base + head + fine gate x (detail - coarse) + coarse gate x coarse, in fewer passes.
+        network = (base + F.pixel_shuffle(self.head(h), 2)).addcmul_(fine_gate, detail).addcmul_(
+            coarse_gate - fine_gate, coarse)
         classical = base + detail
         return self.classical_share(network, classical, packed, noise_std)
 
