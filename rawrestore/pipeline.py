@@ -2,7 +2,7 @@
 
 Model path: read RAW -> unify the mosaic to RGGB and pack it -> exposure -> blind noise estimate
 -> colour condition (fast classical render + ``--color-style``) -> RVAE encode -> few-step IR-SDE
-sampling in the latent -> RVAE decode (with the classical render's fine detail, gated, and a
+sampling in the latent -> RVAE decode (with the classical render's fine detail, gated per band, and a
 last per-pixel share of the classical render, per band of the difference) -> crop, orient. Every network runs in
 overlapping tiles blended with feathered weights, so memory is
 bounded by the tile, not the image. Non-Bayer files and ``classical=True`` take the classical

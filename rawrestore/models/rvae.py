@@ -5,8 +5,9 @@ per-pixel noise std (1 channel), space-to-depth to H/4 -> latent (``latent_chann
 mean and log-variance.
 Decoder: latent + colour condition (both at H/4) -> display sRGB at full resolution H,
 upsampled by two pixel shuffles (H/4 -> H/2 -> H), with a skip from the RAW at H/2 and a gated
-share of the classical render's fine detail at H; a last per-pixel, two-band fusion with the
-classical render itself (:class:`ClassicalShare`).
+share of the classical render's fine detail at H (a gate per band: the detail's 2x2 mean brought
+back up, and the rest); a last per-pixel, two-band fusion with the classical render itself
+(:class:`ClassicalShare`).
 """
 from __future__ import annotations
 
