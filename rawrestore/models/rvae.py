@@ -19,6 +19,11 @@ from ..conditioning import upsample_condition
 from .blocks import ResBlock
 
 
+def coarse_band(image: torch.Tensor) -> torch.Tensor:
+    """An image's local mean: its 2x2 mean brought back up bilinearly (the rest is its fine band)."""
+    return F.interpolate(F.avg_pool2d(image, 2), scale_factor=2, mode="bilinear", align_corners=False)
+
+
 class RAWEncoder(nn.Module):
     def __init__(self, latent_channels: int = 16, width: int = 64, hidden: int = 64):
         super().__init__()
@@ -88,7 +93,7 @@ class ClassicalShare(nn.Module):
         """The output: ``network`` + fine share x fine band + coarse share x coarse band."""
         difference = classical - network
         fine_share, coarse_share = self.shares(difference, x, noise_std).chunk(2, dim=1)
-        smooth = F.interpolate(F.avg_pool2d(difference, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        smooth = coarse_band(difference)
         # network + fine x (difference - smooth) + coarse x smooth, in three passes, not five.
         return torch.addcmul(network, fine_share, difference).addcmul_(coarse_share - fine_share, smooth)
 
@@ -129,7 +134,7 @@ class RGBDecoder(nn.Module):
         # CPU; a classical demosaic is cheap and exact on clean data, so the decoder chooses per
         # pixel how much of its detail to trust, and adds a learned correction.
         fine_gate, coarse_gate = torch.sigmoid(F.pixel_shuffle(self.detail_gate(h), 2)).chunk(2, dim=1)
-        coarse = F.interpolate(F.avg_pool2d(detail, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        coarse = coarse_band(detail)
         base = upsample_condition(color)
         # base + head + fine gate x (detail - coarse) + coarse gate x coarse, in fewer passes.
         network = (base + F.pixel_shuffle(self.head(h), 2)).addcmul_(fine_gate, detail).addcmul_(
