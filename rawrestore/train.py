@@ -342,8 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             bundle = prune_inner(bundle, args.prune, batches)
             say(f"pruned to {args.prune:g} of the inner widths: {json.dumps(bundle.config())}")
     ema = copy.deepcopy(bundle)
-    params = list(bundle.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(bundle.parameters(), lr=args.lr, weight_decay=1e-4)
     if state is not None:
         bundle.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
