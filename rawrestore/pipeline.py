@@ -224,6 +224,6 @@ class Tiler:
                 result = fn(*crops)[0].float().cpu()
                 weight = wy[:, None] * self._ramp(x, tw, width, out_scale)[None, :]
                 rows, cols = slice(y * out_scale, (y + th) * out_scale), slice(x * out_scale, (x + tw) * out_scale)
-                out[:, rows, cols] += result * weight
+                out[:, rows, cols].addcmul_(result, weight)
                 total[:, rows, cols] += weight
         return out.div_(total)

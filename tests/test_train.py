@@ -149,6 +149,21 @@ def test_training_steps_lower_the_joint_loss():
     assert loss() < 0.8 * before
 
 
+def test_the_network_loss_reaches_the_render_the_share_hides():
+    """Where the share takes all of the classical render, the output's loss gives the network's own
+    render no gradient; ``--network-loss`` is what still trains it there."""
+    torch.manual_seed(0)
+    bundle, batch = fresh_bundle(), _batch()
+    bundle.rvae.decoder.classical_share.logit.bias.data.fill_(30.0)  # shares of exactly 1
+    losses = training_state(bundle, batch, torch.Generator().manual_seed(0), "relative")
+    head = bundle.rvae.decoder.head.weight
+    through_output, = torch.autograd.grad(losses["image"], head, retain_graph=True)
+    through_network, = torch.autograd.grad(losses["network"], head, retain_graph=True)
+    assert through_output.abs().max() == 0
+    assert through_network.abs().max() > 1e-4
+    torch.testing.assert_close(joint_loss(losses, 0.5) - joint_loss(losses), 0.5 * losses["network"])
+
+
 def test_one_band_detail_gate_weights_give_the_one_band_decoder():
     # Weights from before v10 gate the classical detail once; loaded, both bands get that gate,
     # which must reproduce the old decoder: base + gate x detail + head, then the share.

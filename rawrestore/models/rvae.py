@@ -123,8 +123,9 @@ class RGBDecoder(nn.Module):
         nn.init.constant_(self.detail_gate.bias, -3.0)
         self.classical_share = ClassicalShare()
 
-    def forward(self, latent: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
-                noise_std: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+    def render(self, latent: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
+               noise_std: torch.Tensor, detail: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's own render and the classical render, before the share blends them."""
         h = self.block_latent(F.silu(self.stem(torch.cat([latent, color], dim=1))))
         h = F.silu(F.pixel_shuffle(self.up(h), 2))
         h = h + self.raw_skip(torch.cat([packed.clamp_min(0).sqrt(), noise_std.sqrt()], dim=1))
@@ -133,13 +134,17 @@ class RGBDecoder(nn.Module):
         # Demosaicking and denoising at full resolution is too much for a network this small on a
         # CPU; a classical demosaic is cheap and exact on clean data, so the decoder chooses per
         # pixel how much of its detail to trust, and adds a learned correction.
-        fine_gate, coarse_gate = torch.sigmoid(F.pixel_shuffle(self.detail_gate(h), 2)).chunk(2, dim=1)
+        fine_gate, coarse_gate = F.pixel_shuffle(self.detail_gate(h).sigmoid_(), 2).chunk(2, dim=1)
         coarse = coarse_band(detail)
         base = upsample_condition(color)
         # base + head + fine gate x (detail - coarse) + coarse gate x coarse, in fewer passes.
         network = (base + F.pixel_shuffle(self.head(h), 2)).addcmul_(fine_gate, detail).addcmul_(
             coarse_gate - fine_gate, coarse)
-        classical = base + detail
+        return network, base + detail
+
+    def forward(self, latent: torch.Tensor, color: torch.Tensor, packed: torch.Tensor,
+                noise_std: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+        network, classical = self.render(latent, color, packed, noise_std, detail)
         return self.classical_share(network, classical, packed, noise_std)
 
 
