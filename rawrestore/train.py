@@ -7,7 +7,8 @@ and a time on that N-step grid (the start state is the DTDM one, mu + noise; lat
 SDE marginal around the clean latent), predict x0, decode it with the colour condition and
 the classical render's detail.
 Loss = L1(decoded x0, target) (or, with ``--objective relative``, its per-sample relative form)
-+ L1(decoded clean latent, target) + 0.1 L1(x0, clean latent) + a small KL term. Checkpoints
++ L1(decoded clean latent, target) + 0.1 L1(x0, clean latent) + a small KL term (+ with
+``--network-loss W``, W x the relative L1 of the decoder's own render on 4x4 means). Checkpoints
 every few minutes (resume by running the same command again), EMA weights, a log file, and a
 validation PSNR (2-step sampler, on the inference distribution) every ``--val-every`` steps.
 
