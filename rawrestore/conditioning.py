@@ -43,8 +43,11 @@ def render_condition(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.nda
 
 
 def upsample_condition(condition: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) at the latent grid -> (B, C, 4h, 4w): how the decoder brings the condition up."""
-    return F.interpolate(condition, scale_factor=4, mode="bilinear", align_corners=False)
+    """(B, C, h, w) at the latent grid -> (B, C, 4h, 4w): how the decoder brings the condition up.
+
+    Contiguous (NCHW) on purpose: on 3 channels, bilinear upsampling of a channels-last tensor
+    takes twice as long, and what the decoder adds it to is contiguous too."""
+    return F.interpolate(condition.contiguous(), scale_factor=4, mode="bilinear", align_corners=False)
 
 
 def render_detail(packed: torch.Tensor, condition: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray,

@@ -134,11 +134,11 @@ class RGBDecoder(nn.Module):
         # Demosaicking and denoising at full resolution is too much for a network this small on a
         # CPU; a classical demosaic is cheap and exact on clean data, so the decoder chooses per
         # pixel how much of its detail to trust, and adds a learned correction.
-        fine_gate, coarse_gate = F.pixel_shuffle(self.detail_gate(h).sigmoid_(), 2).chunk(2, dim=1)
+        fine_gate, coarse_gate = F.pixel_shuffle(self.detail_gate(h).sigmoid_().contiguous(), 2).chunk(2, dim=1)
         coarse = coarse_band(detail)
         base = upsample_condition(color)
         # base + head + fine gate x (detail - coarse) + coarse gate x coarse, in fewer passes.
-        network = (base + F.pixel_shuffle(self.head(h), 2)).addcmul_(fine_gate, detail).addcmul_(
+        network = (base + F.pixel_shuffle(self.head(h).contiguous(), 2)).addcmul_(fine_gate, detail).addcmul_(
             coarse_gate - fine_gate, coarse)
         return network, base + detail
 
