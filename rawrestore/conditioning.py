@@ -46,7 +46,7 @@ def upsample_condition(condition: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) at the latent grid -> (B, C, 4h, 4w): how the decoder brings the condition up.
 
     Contiguous (NCHW) on purpose: on 3 channels, bilinear upsampling of a channels-last tensor
-    takes twice as long, and what the decoder adds it to is contiguous too."""
+    takes twice as long, and the decoder's full-resolution tail is contiguous too."""
     return F.interpolate(condition.contiguous(), scale_factor=4, mode="bilinear", align_corners=False)
 
 
