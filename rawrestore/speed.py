@@ -1,11 +1,13 @@
 """Speed and memory of ``rawrestore enhance`` on a 24-megapixel RAW, next to RawTherapee.
 
-    python -m rawrestore.speed [--megapixels 24] [--steps 1 2 4] [--workdir DIR]
+    python -m rawrestore.speed [--megapixels 24] [--steps 1 2 4] [--repeats 3] [--workdir DIR]
 
 Writes a noisy 6000x4000 Bayer DNG (ISO 6400, made from a bundled public-domain photo scaled up),
 then runs each configuration as a user would: a fresh ``rawrestore enhance`` process writing a
 JPEG, timed wall-clock, with the child's peak resident memory. RawTherapee-cli with noise
-reduction (``rt_nr.pp3``) runs on the same file when it is installed.
+reduction (``rt_nr.pp3``) runs on the same file when it is installed. With ``--repeats N`` the
+configurations run in turn N times over (so a drift in the machine's speed reaches them all) and
+the table gives each one's median and range.
 """
 from __future__ import annotations
 
@@ -56,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--weights", default=None)
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--repeats", type=int, default=1, help="rounds over all configurations")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rawrestore-speed-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -74,10 +79,26 @@ def main(argv: list[str] | None = None) -> None:
         runs.append(("RawTherapee-cli, rt_nr.pp3 (NR)",
                      ["rawtherapee-cli", "-Y", "-o", str(work / "rt.jpg"), "-p", str(RT_PROFILE), "-j95", "-c", str(dng)]))
     print(f"{dng.name}: {args.megapixels:g} MP, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}\n")
-    print("| configuration | wall s | peak memory GiB |\n|---|---|---|")
-    for name, cmd in runs:
-        seconds, rss = timed(cmd)
-        print(f"| {name} | {seconds:.1f} | {rss:.2f} |", flush=True)
+    seconds: dict[str, list[float]] = {name: [] for name, _ in runs}
+    peak: dict[str, float] = dict.fromkeys(seconds, 0.0)
+    for round_ in range(1, args.repeats + 1):
+        for name, cmd in runs:
+            wall, rss = timed(cmd)
+            seconds[name].append(wall)
+            peak[name] = max(peak[name], rss)
+            print(f"round {round_}/{args.repeats}: {name} {wall:.1f} s", file=sys.stderr, flush=True)
+    print(format_table(seconds, peak))
+
+
+def format_table(seconds: dict[str, list[float]], peak: dict[str, float]) -> str:
+    """Markdown rows: the median wall time (and its range over several runs) and the peak memory."""
+    repeated = any(len(times) > 1 for times in seconds.values())
+    lines = ["| configuration | wall s" + (" (median) | range s" if repeated else "") + " | peak memory GiB |",
+             "|---|---|" + ("---|" if repeated else "") + "---|"]
+    for name, times in seconds.items():
+        spread = f" | {min(times):.1f}-{max(times):.1f}" if repeated else ""
+        lines.append(f"| {name} | {float(np.median(times)):.1f}{spread} | {peak[name]:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
