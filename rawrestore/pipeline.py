@@ -27,7 +27,7 @@ from .styles import get_style
 
 DEFAULT_STEPS = 1  # 2, 4 and 8 measured no better with the shipped weights (README)
 STEP_CHOICES = (1, 2, 4, 8)
-RVAE_OVERLAP = 12  # latent pixels; twice the RVAE's receptive radius
+RVAE_OVERLAP = 16  # latent pixels; twice the RVAE decoder's receptive radius (8 with the wide RAW block)
 
 
 @dataclass

@@ -15,7 +15,9 @@ validation PSNR (2-step sampler, on the inference distribution) every ``--val-ev
 A second, short stage calibrates the decoder's classical share, everything else frozen:
 ``--calibrate-share 1000 --init WEIGHTS`` (see :func:`calibrate_share`). ``--prune 0.5 --init
 WEIGHTS`` starts a run from those weights with half the ResBlocks' inner channels (see
-:func:`prune_inner`): fewer operations at inference, the same interfaces.
+:func:`prune_inner`): fewer operations at inference, the same interfaces. ``--widen 32 --init
+WEIGHTS`` adds the decoder's wide RAW block (inner width 32) to weights without one; it starts as
+a no-op, so the run starts from exactly those weights' output.
 
 A degraded condition (the default, as v1-v3 were trained) makes the model take only colour from
 it, but it also breaks what inference guarantees, that the condition plus the detail input is
@@ -42,6 +44,8 @@ from .models.blocks import ResBlock
 from .schedulers import IRSDEScheduler, sample
 from .pipeline import STEP_CHOICES, develop_latent
 from .weights import ModelBundle, bundle_from_config, read_weights, save_bundle, with_two_bands
+
+WIDE_LR_SCALE = 5.0  # see main()
 
 # Dataset options per --condition.
 CONDITIONS = {
@@ -124,15 +128,18 @@ def fresh_bundle(config: dict | None = None) -> ModelBundle:
     return bundle_from_config(config) if config else ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler())
 
 
-def load_init(path: str) -> tuple[ModelBundle, list[str]]:
+def load_init(path: str, wide_hidden: int = 0) -> tuple[ModelBundle, list[str]]:
     """The networks of a run's checkpoint.pt (its EMA) or of a weights .safetensors, in the shape
-    they were saved with; returns them and the layers the file lacks (those keep their
-    initialisation, which makes them start as no-ops)."""
+    they were saved with (``wide_hidden`` > 0: with the decoder's wide RAW block of that inner
+    width); returns them and the layers the file lacks (those keep their initialisation, which
+    makes them start as no-ops)."""
     if path.endswith(".safetensors"):  # shipped weights (e.g. rawrestore/weights/)
         config, weights = read_weights(path)
     else:
         state = torch.load(path, weights_only=False)
         config, weights = state.get("config"), with_two_bands(state["ema"])
+    if wide_hidden:
+        config = {**(config or fresh_bundle().config()), "rvae_wide_hidden": wide_hidden}
     bundle = fresh_bundle(config)
     missing, _ = bundle.load_state_dict(weights, strict=False)
     return bundle, missing
@@ -167,6 +174,7 @@ def prune_inner(bundle: ModelBundle, fraction: float, batches: list[dict]) -> Mo
     config = bundle.config()
     config["rvae_hidden"] = round(config["rvae_hidden"] * fraction)
     config["rvae_half_hidden"] = round(config["rvae_half_hidden"] * fraction)
+    config["rvae_wide_hidden"] = round(config["rvae_wide_hidden"] * fraction)
     config["denoiser_hidden"] = [round(h * fraction) for h in config["denoiser_hidden"]]
     pruned = bundle_from_config(config)
     state = bundle.state_dict()
@@ -302,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prune", type=float, default=0.0, metavar="FRACTION",
                    help="start from the --init weights with every ResBlock's inner width cut to FRACTION "
                         "(the most important channels kept; see prune_inner)")
+    p.add_argument("--widen", type=int, default=0, metavar="HIDDEN",
+                   help="start from the --init weights with the decoder's wide RAW block added (inner "
+                        "width HIDDEN), as a no-op at first; it trains at 5x the learning rate")
     p.add_argument("--objective", choices=["l1", "relative"], default="l1",
                    help="the output's loss: l1 over the batch, or relative (each sample weighted by "
                         "its relative error, as per-image PSNR weights it)")
@@ -327,8 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.calibrate_share:
         share_stage(args, say)
         return
-    if args.prune and not args.init:
-        raise SystemExit("--prune needs --init (the weights to prune)")
+    if (args.prune or args.widen) and not args.init:
+        raise SystemExit("--prune and --widen need --init (the weights to change)")
     train = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
                                 darktable_profiles=args.darktable_profiles, **CONDITIONS[args.condition])
     # Validation as at inference: the colour condition neither degraded nor restyled.
@@ -344,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         say(f"config {json.dumps(vars(args))}")
         bundle = fresh_bundle()
         if args.init:
-            bundle, missing = load_init(args.init)
+            bundle, missing = load_init(args.init, args.widen)
             say(f"initialised from {args.init}; new: {', '.join(missing) or 'nothing'}")
         if args.prune:
             # Importance measured on training samples from the far end of the set, past this run's own.
@@ -353,7 +364,14 @@ def main(argv: list[str] | None = None) -> None:
             bundle = prune_inner(bundle, args.prune, batches)
             say(f"pruned to {args.prune:g} of the inner widths: {json.dumps(bundle.config())}")
     ema = copy.deepcopy(bundle)
-    opt = torch.optim.AdamW(bundle.parameters(), lr=args.lr, weight_decay=1e-4)
+    # With --widen the wide block starts at zero inside tuned networks; at the tuning's learning
+    # rate it barely moved in 25 minutes (v24), so it trains at WIDE_LR_SCALE times that rate.
+    wide = {n for n, _ in bundle.named_parameters()
+            if args.widen and (".decoder.raw_wide." in n or ".decoder.block_wide." in n)}
+    groups = [{"params": [p for n, p in bundle.named_parameters() if n not in wide], "lr_scale": 1.0}]
+    if wide:
+        groups.append({"params": [p for n, p in bundle.named_parameters() if n in wide], "lr_scale": WIDE_LR_SCALE})
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-4)
     if state is not None:
         bundle.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -381,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         progress = elapsed / budget
         lr = args.lr * (min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * progress)) + 0.02)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         losses = train_step(bundle, opt, batch, gen, args.objective, args.network_loss)
         step += 1
         decay = min(0.999, (1 + step) / (10 + step))

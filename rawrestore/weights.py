@@ -44,6 +44,7 @@ class ModelBundle(nn.Module):
         return {"latent_channels": self.rvae.latent_channels,
                 "rvae_hidden": self.rvae.encoder.block.conv1.out_channels,
                 "rvae_half_hidden": self.rvae.decoder.block_half.conv1.out_channels,
+                "rvae_wide_hidden": self.rvae.decoder.block_wide.conv1.out_channels if self.rvae.decoder.block_wide else 0,
                 "denoiser_widths": [d.enc0.conv2.out_channels, d.enc1.conv2.out_channels, d.mid[0].conv2.out_channels],
                 "denoiser_hidden": [d.enc0.conv1.out_channels, d.enc1.conv1.out_channels, d.mid[0].conv1.out_channels],
                 "scheduler": {"num_train_timesteps": self.scheduler.T, "t_start": self.scheduler.t_start,
@@ -111,7 +112,7 @@ def bundle_from_config(config: dict) -> ModelBundle:
     """The untrained networks that :meth:`ModelBundle.config` describes."""
     # Files from before the inner widths were configurable (v6 and older) have them equal to the widths.
     return ModelBundle(RVAE(config["latent_channels"], config.get("rvae_hidden", 64),
-                            config.get("rvae_half_hidden", 16)),
+                            config.get("rvae_half_hidden", 16), config.get("rvae_wide_hidden", 0)),
                        LatentDenoiser(config["latent_channels"], tuple(config["denoiser_widths"]),
                                       hidden=tuple(config.get("denoiser_hidden", config["denoiser_widths"]))),
                        IRSDEScheduler(**config["scheduler"]))

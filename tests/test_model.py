@@ -44,10 +44,10 @@ def model() -> Developer:
     return Developer(DevelopOptions(auto_exposure=False))
 
 
-@pytest.mark.parametrize("iso, margin", [(6400, 2.7), (25600, 4.0)])
+@pytest.mark.parametrize("iso, margin", [(6400, 2.9), (25600, 4.2)])
 def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin):
-    # Shipped weights (v12) measured +3.21 dB at ISO 6400 and +4.49 dB at ISO 25600 on this photo
-    # (v11: +3.07 and +4.25, v10: +2.95 and +4.2, v9: +2.4 and +3.6).
+    # Shipped weights (v13) measured +3.36 dB at ISO 6400 and +4.68 dB at ISO 25600 on this photo
+    # (v12: +3.21 and +4.49, v11: +3.07 and +4.25, v10: +2.95 and +4.2, v9: +2.4 and +3.6).
     raw = noisy_raw(photo, iso=iso)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
     enhanced = model.develop(raw)
@@ -58,8 +58,9 @@ def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin)
 def test_model_stays_close_on_a_clean_raw(photo, model):
     # RCD on a clean, lens-blurred RAW is near exact (42.1 dB on this photo), and the network
     # alone smooths fine detail; the classical share hands such pixels to the classical render.
-    # The shipped model (v12) measured 0.3 dB above the classical ISP here (v11 0.4, v10 and v9 0.1 dB above;
-    # v6, with a one-band share, 0.2 dB below; v4, whose share was fitted to the batch L1, 3.0 dB below).
+    # The shipped model (v13) measured 0.45 dB above the classical ISP here (v12 0.3, v11 0.4, v10
+    # and v9 0.1 dB above; v6, with a one-band share, 0.2 dB below; v4, whose share was fitted to
+    # the batch L1, 3.0 dB below).
     raw = noisy_raw(photo, iso=100)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
     assert psnr(model.develop(raw), photo) > psnr(classical, photo)

@@ -1,4 +1,4 @@
-"""Training: the relative L1, the classical share's calibration to per-sample PSNR, pruning."""
+"""Training: the relative L1, the classical share's calibration to per-sample PSNR, pruning, widening."""
 from __future__ import annotations
 
 import torch
@@ -10,8 +10,8 @@ from rawrestore.conditioning import upsample_condition
 from rawrestore.models.rvae import ClassicalShare
 from rawrestore.pipeline import develop_latent
 from rawrestore.schedulers import IRSDEScheduler
-from rawrestore.train import (calibrate_share, fresh_bundle, joint_loss, prune_inner, relative_l1, share_psnr,
-                              train_step, training_state)
+from rawrestore.train import (calibrate_share, fresh_bundle, joint_loss, load_init, prune_inner, relative_l1,
+                              share_psnr, train_step, training_state)
 from rawrestore.weights import ModelBundle, load_bundle, save_bundle, with_two_bands
 
 
@@ -126,6 +126,37 @@ def test_pruning_removes_the_channels_that_do_not_matter(tmp_path):
     assert torch.allclose(develop(reloaded), before, atol=1e-5)
     # Pruning the channels that do matter changes the output: the test above can fail.
     assert not torch.allclose(develop(prune_inner(bundle, 0.25, [batch])), before, atol=1e-3)
+
+
+def test_widening_starts_from_the_same_output_and_the_wide_block_is_used(tmp_path):
+    torch.manual_seed(0)
+    bundle = fresh_bundle().eval()
+    with torch.no_grad():  # trained-like: a decoder whose render depends on its inputs
+        for module in bundle.modules():
+            if isinstance(module, ResBlock):
+                module.conv2.weight.normal_(0, 0.05)
+        bundle.rvae.decoder.head.weight.normal_(0, 0.05)
+    path = save_bundle(bundle, tmp_path / "narrow.safetensors")
+    widened, new = load_init(str(path), wide_hidden=24)
+    assert widened.config()["rvae_wide_hidden"] == 24 and all(".decoder.raw_wide." in k or ".decoder.block_wide."
+                                                              in k for k in new)
+    batch = _batch()
+
+    def develop(b):
+        with torch.no_grad():
+            return develop_latent(b.eval(), batch["input"], batch["noise_std"], batch["color"], batch["detail"], 1)
+
+    before = develop(bundle)
+    torch.testing.assert_close(develop(widened), before)
+    # Trained, the wide block changes the output (the comparison above can fail), and its width
+    # travels in the weights file.
+    with torch.no_grad():
+        widened.rvae.decoder.raw_wide.weight.normal_(0, 0.05)
+        widened.rvae.decoder.block_wide.conv2.weight.normal_(0, 0.05)
+    after = develop(widened)
+    assert (after - before).abs().mean() > 1e-3
+    reloaded = load_bundle(save_bundle(widened, tmp_path / "wide.safetensors"))
+    torch.testing.assert_close(develop(reloaded), after)
 
 
 def test_training_steps_lower_the_joint_loss():
