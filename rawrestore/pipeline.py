@@ -212,18 +212,23 @@ class Tiler:
         first, s0 = inputs[0]
         height, width = first.shape[-2] // s0, first.shape[-1] // s0
         out = torch.zeros(out_channels, height * out_scale, width * out_scale)
-        total = torch.zeros(1, height * out_scale, width * out_scale)
         th, ys = self._layout(height)
         tw, xs = self._layout(width)
-        for y in ys:
-            wy = self._ramp(y, th, height, out_scale)
-            for x in xs:
+        row_weights = [self._ramp(y, th, height, out_scale) for y in ys]
+        col_weights = [self._ramp(x, tw, width, out_scale) for x in xs]
+        # A tile's weight is its row ramp times its column ramp, so the weights' sum over the grid
+        # of tiles is the product of the ramps' sums along each axis: no full-size sum to keep.
+        row_total, col_total = torch.zeros(height * out_scale), torch.zeros(width * out_scale)
+        for y, wy in zip(ys, row_weights):
+            row_total[y * out_scale:(y + th) * out_scale] += wy
+        for x, wx in zip(xs, col_weights):
+            col_total[x * out_scale:(x + tw) * out_scale] += wx
+        for y, wy in zip(ys, row_weights):
+            for x, wx in zip(xs, col_weights):
                 crops = [t[:, y * s:(y + th) * s, x * s:(x + tw) * s][None]
                          .to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
                          for t, s in inputs]
                 result = fn(*crops)[0].float().cpu()
-                weight = wy[:, None] * self._ramp(x, tw, width, out_scale)[None, :]
                 rows, cols = slice(y * out_scale, (y + th) * out_scale), slice(x * out_scale, (x + tw) * out_scale)
-                out[:, rows, cols].addcmul_(result, weight)
-                total[:, rows, cols] += weight
-        return out.div_(total)
+                out[:, rows, cols].addcmul_(result, wy[:, None] * wx[None, :])
+        return out.div_(row_total[:, None]).div_(col_total)

@@ -43,7 +43,7 @@ from .models import RVAE, LatentDenoiser
 from .models.blocks import ResBlock
 from .schedulers import IRSDEScheduler, sample
 from .pipeline import STEP_CHOICES, develop_latent
-from .weights import ModelBundle, bundle_from_config, read_weights, save_bundle, with_two_bands
+from .weights import ModelBundle, bundle_from_config, read_weights, save_bundle, with_current_bands
 
 WIDE_LR_SCALE = 5.0  # see main()
 
@@ -137,7 +137,7 @@ def load_init(path: str, wide_hidden: int = 0) -> tuple[ModelBundle, list[str]]:
         config, weights = read_weights(path)
     else:
         state = torch.load(path, weights_only=False)
-        config, weights = state.get("config"), with_two_bands(state["ema"])
+        config, weights = state.get("config"), with_current_bands(state["ema"])
     if wide_hidden:
         config = {**(config or fresh_bundle().config()), "rvae_wide_hidden": wide_hidden}
     bundle = fresh_bundle(config)

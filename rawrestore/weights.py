@@ -84,7 +84,7 @@ def load_bundle(path: str | Path, sha256: str | None = None) -> ModelBundle:
 
 
 def read_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """A weights file's config (from its header) and tensors, older files' share in two bands."""
+    """A weights file's config (from its header) and tensors, older files' in today's shapes."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -94,17 +94,20 @@ def read_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         state = load_file(str(path))
     except Exception as err:
         raise WeightsError(f"{path}: not a rawrestore weights file ({err})") from None
-    return config, with_two_bands(state)
+    return config, with_current_bands(state)
 
 
-def with_two_bands(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def with_current_bands(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Older files in today's shapes, with the same output. Before v8 the classical share had one
-    logistic for both bands of the difference, before v10 the decoder one detail gate for both
-    bands of the classical detail: the same value for each band is exactly the one-band blend."""
-    for key, one_band in (("rvae.decoder.classical_share.logit", 3), ("rvae.decoder.detail_gate", 12)):
-        for part in ("weight", "bias"):
-            if f"{key}.{part}" in state and state[f"{key}.{part}"].shape[0] == one_band:
-                state[f"{key}.{part}"] = torch.cat([state[f"{key}.{part}"]] * 2)
+    logistic for all bands of the difference, before v14 none for its low band, and before v10
+    the decoder had one detail gate for both bands of the classical detail. A band that takes the
+    share (or gate) of the band above it is exactly the blend without it."""
+    share, gate = "rvae.decoder.classical_share.logit", "rvae.decoder.detail_gate"
+    for part in ("weight", "bias"):
+        if (rows := state.get(f"{share}.{part}")) is not None and len(rows) in (3, 6):
+            state[f"{share}.{part}"] = torch.cat([rows] * 3 if len(rows) == 3 else [rows, rows[3:]])
+        if (rows := state.get(f"{gate}.{part}")) is not None and len(rows) == 12:
+            state[f"{gate}.{part}"] = torch.cat([rows] * 2)
     return state
 
 

@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from rawrestore.models import RVAE, LatentDenoiser
 from rawrestore.models.blocks import ResBlock
 from rawrestore.conditioning import upsample_condition
-from rawrestore.models.rvae import ClassicalShare
+from rawrestore.models.rvae import ClassicalShare, coarse_band
 from rawrestore.pipeline import develop_latent
 from rawrestore.schedulers import IRSDEScheduler
 from rawrestore.train import (calibrate_share, fresh_bundle, joint_loss, load_init, prune_inner, relative_l1,
                               share_psnr, train_step, training_state)
-from rawrestore.weights import ModelBundle, load_bundle, save_bundle, with_two_bands
+from rawrestore.weights import ModelBundle, load_bundle, save_bundle, with_current_bands
 
 
 def _two_regimes(count: int = 32, size: int = 32) -> dict[str, torch.Tensor]:
@@ -55,24 +55,36 @@ def test_calibrated_share_beats_every_constant_share():
     assert weights[0::2].mean() > 0.8 and weights[1::2].mean() < 0.2
 
 
-def test_two_band_share_with_one_logistic_is_the_one_band_blend():
-    # Weights from before v8 have one share for the whole difference; loaded, both bands get it,
-    # which must reproduce the old blend exactly.
+def test_older_shares_load_as_the_blends_they_were_fitted_as():
+    # Weights from before v8 have one share for the whole difference, from v8 to v13 one for its
+    # fine band and one for the rest; loaded, the missing bands get the share of the band above,
+    # which must reproduce the old blends exactly.
     cache = _two_regimes(count=4)
     torch.manual_seed(0)
-    one_band = {"rvae.decoder.classical_share.logit.weight": torch.randn(3, 3, 1, 1),
-                "rvae.decoder.classical_share.logit.bias": torch.randn(3)}
-    share = ClassicalShare()
-    share.logit.weight.data, share.logit.bias.data = (
-        with_two_bands(one_band)[f"rvae.decoder.classical_share.logit.{k}"] for k in ("weight", "bias"))
     args = cache["network"], cache["classical"], cache["x"], cache["noise_std"]
+    difference = cache["classical"] - cache["network"]
+
+    def loaded(weight: torch.Tensor, bias: torch.Tensor) -> ClassicalShare:
+        share = ClassicalShare()
+        state = with_current_bands({"rvae.decoder.classical_share.logit.weight": weight,
+                                    "rvae.decoder.classical_share.logit.bias": bias})
+        share.load_state_dict({k.removeprefix("rvae.decoder.classical_share."): v for k, v in state.items()})
+        return share
+
     with torch.no_grad():
-        fine, coarse = share.shares(cache["classical"] - cache["network"], *args[2:]).chunk(2, dim=1)
-        assert torch.equal(fine, coarse)
-        torch.testing.assert_close(share(*args), torch.lerp(cache["network"], cache["classical"], fine))
-        # Different shares per band give a different output.
-        share.logit.bias[3:] += 2
-        assert (share(*args) - torch.lerp(cache["network"], cache["classical"], fine)).abs().mean() > 1e-3
+        one_band = loaded(torch.randn(3, 3, 1, 1), torch.randn(3))
+        fine, coarse, low = one_band.shares(difference, *args[2:]).chunk(3, dim=1)
+        assert torch.equal(fine, coarse) and torch.equal(coarse, low)
+        torch.testing.assert_close(one_band(*args), torch.lerp(cache["network"], cache["classical"], fine))
+
+        two_bands = loaded(torch.randn(6, 3, 1, 1), torch.randn(6))
+        fine, coarse, _ = two_bands.shares(difference, *args[2:]).chunk(3, dim=1)
+        smooth = coarse_band(difference)
+        two_band_blend = cache["network"] + fine * (difference - smooth) + coarse * smooth
+        torch.testing.assert_close(two_bands(*args), two_band_blend)
+        # A share of its own for the low band changes the output: the comparison above can fail.
+        two_bands.logit.bias[6:] += 2
+        assert (two_bands(*args) - two_band_blend).abs().mean() > 1e-3
 
 
 def test_relative_l1_weighs_each_sample_by_its_own_error():
@@ -204,7 +216,7 @@ def test_one_band_detail_gate_weights_give_the_one_band_decoder():
     state["detail_gate.weight"] = 0.1 * torch.randn(12, *state["detail_gate.weight"].shape[1:])
     state["detail_gate.bias"] = torch.randn(12)
     state["head.weight"].normal_(0, 0.05)
-    converted = with_two_bands({f"rvae.decoder.{k}": v for k, v in state.items()})
+    converted = with_current_bands({f"rvae.decoder.{k}": v for k, v in state.items()})
     decoder.load_state_dict({k.removeprefix("rvae.decoder."): v for k, v in converted.items()})
     batch = _batch(size=16)
     latent = torch.randn(2, 16, 8, 8)
