@@ -10,6 +10,7 @@ ISP instead.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from dataclasses import dataclass
@@ -60,12 +61,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def keep_freed_memory() -> None:
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the system.
+
+    Every tile allocates and frees the same temporaries (up to about 20 MB each); by default glibc
+    maps the larger ones afresh each time and trims the heap's free top, so each tile faults its
+    pages in again. On a 24 MP frame that was 2 million page faults and 6-8 s of system time,
+    against 0.45 million and 2.5 s with this (README, Speed). The process keeps up to 1 GB it no
+    longer uses. Elsewhere than glibc: nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    mmap_threshold, trim_threshold, top_pad = -3, -1, -2  # mallopt's parameters (malloc.h)
+    libc.mallopt(mmap_threshold, 32 << 20)  # glibc's largest: anything smaller comes from the heap
+    libc.mallopt(trim_threshold, 1 << 30)
+    libc.mallopt(top_pad, 256 << 20)
+
+
 class Developer:
     """Develops :class:`RawImage` frames to display sRGB (3, H, W) tensors in [0, 1], upright."""
 
     def __init__(self, options: DevelopOptions | None = None):
         self.options = opts = options or DevelopOptions()
         self.style = get_style(opts.style)  # raises StyleError before any file is read
+        keep_freed_memory()
         self.model = None
         if not opts.classical:
             if opts.steps not in STEP_CHOICES:

@@ -42,7 +42,7 @@ from .dataset import SyntheticRAWDataset
 from .models import RVAE, LatentDenoiser
 from .models.blocks import ResBlock
 from .schedulers import IRSDEScheduler, sample
-from .pipeline import STEP_CHOICES, develop_latent
+from .pipeline import STEP_CHOICES, develop_latent, keep_freed_memory
 from .weights import ModelBundle, bundle_from_config, read_weights, save_bundle, with_current_bands
 
 WIDE_LR_SCALE = 5.0  # see main()
@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # the batches' temporaries, as at inference
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "train.log", "a", buffering=1)
