@@ -22,14 +22,37 @@ from .blocks import ResBlock
 
 def coarse_band(image: torch.Tensor) -> torch.Tensor:
     """An image's local mean: its 2x2 mean brought back up bilinearly (the rest is its fine band)."""
-    return F.interpolate(F.avg_pool2d(image, 2), scale_factor=2, mode="bilinear", align_corners=False)
+    return _brought_up(F.avg_pool2d(image, 2))
 
 
-def low_band(image: torch.Tensor) -> torch.Tensor:
-    """An image's broad mean: the 5x5 mean (zero padding not counted) of its 2x2 means, brought back
-    up bilinearly; about a 10x10 mean, at a quarter of the work."""
-    return F.interpolate(F.avg_pool2d(F.avg_pool2d(image, 2), 5, 1, 2, count_include_pad=False), scale_factor=2,
-                         mode="bilinear", align_corners=False)
+def low_band(means: torch.Tensor) -> torch.Tensor:
+    """An image's broad mean from its 2x2 means (``avg_pool2d(image, 2)``): their 5x5 mean, brought
+    back up bilinearly; about a 10x10 mean of the image, at a quarter of the work."""
+    return _brought_up(box_mean(means, 2))
+
+
+def _brought_up(means: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(means, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def box_mean(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """The mean over each (2 radius + 1)^2 window, the zero padding not counted (``avg_pool2d``
+    with ``count_include_pad=False``), by shifted slices: several times faster than the pooling
+    kernel here."""
+    size, (height, width) = 2 * radius + 1, image.shape[-2:]
+    padded = F.pad(image, (radius,) * 4)
+    rows = padded[..., :height, :].clone()
+    for i in range(1, size):
+        rows += padded[..., i:i + height, :]
+    sums = rows[..., :width].clone()
+    for j in range(1, size):
+        sums += rows[..., j:j + width]
+
+    def counts(length: int) -> torch.Tensor:
+        at = torch.arange(length, device=image.device)
+        return (at.clamp(max=radius) + (length - 1 - at).clamp(max=radius) + 1).to(image.dtype)
+
+    return sums / (counts(height)[:, None] * counts(width))
 
 
 def raw_at_latent_grid(packed: torch.Tensor, noise_std: torch.Tensor) -> torch.Tensor:
@@ -109,11 +132,12 @@ class ClassicalShare(nn.Module):
         its low band, and its low band."""
         difference = classical - network
         fine_share, coarse_share, low_share = self.shares(difference, x, noise_std).chunk(3, dim=1)
+        means = F.avg_pool2d(difference, 2)  # the coarse band's and the low band's
         # network + fine x difference + (coarse - fine) x coarse band + (low - coarse) x low band,
         # in three passes, not seven.
         return (torch.addcmul(network, fine_share, difference)
-                .addcmul_(coarse_share - fine_share, coarse_band(difference))
-                .addcmul_(low_share - coarse_share, low_band(difference)))
+                .addcmul_(coarse_share - fine_share, _brought_up(means))
+                .addcmul_(low_share - coarse_share, low_band(means)))
 
 
 class RGBDecoder(nn.Module):
