@@ -94,8 +94,8 @@ class ClassicalShare(nn.Module):
     fine band (what its 2x2 mean, brought back up, lacks) is where the classical render's noise
     lives; the coarse band (that mean) and the low band (:func:`low_band`) are where the
     network's smoothed-away shading and colour are, at two scales. Each band takes its own share
-    (fitted: two bands +0.2 dB over one on held-out training samples, three +0.03 over two and up
-    to +0.11 on the benchmark). Each share is a logistic function of three log features: the
+    (fitted: two bands +0.2 dB over one on held-out training samples, three +0.02 over two there
+    and up to +0.12 on the benchmark). Each share is a logistic function of three log features: the
     noise std, the signal level (together they give the noise in display units) and the local
     disagreement between the two renders, a per-pixel test of whether that disagreement is noise
     (trust the network) or detail the network lost (trust the classical render).
