@@ -180,7 +180,9 @@ def develop_tiled(bundle, x: torch.Tensor, noise_std: torch.Tensor, color: torch
     latent = sample(denoise, mu[None], bundle.scheduler, num_steps, [n[None] for n in noises])[0]
 
     def decode(latent_tile, color_tile, condition_tile, x_tile, std_tile, packed_tile):
-        detail = detail_of(packed_tile[0], condition_tile[0])[None]
+        # The classical detail in float32 whatever the networks' precision: in half precision
+        # the demosaic's ratios underflow to 0/0.
+        detail = detail_of(packed_tile[0].float(), condition_tile[0].float())[None].to(latent_tile.dtype)
         return bundle.rvae.decode(latent_tile, color_tile, x_tile, std_tile, detail)
 
     return rvae_tiler.run(decode, [(latent, 1), (color, 1), (condition, 1), (x, 2), (noise_std, 2), (packed, 2)],

@@ -1,4 +1,4 @@
-"""Train the RVAE and the latent denoiser jointly on synthetic RAW, on the CPU.
+"""Train the RVAE and the latent denoiser jointly on synthetic RAW (on the CPU, or a GPU).
 
     python -m rawrestore.train --data ../shared/data/srgb --out runs/v1 --minutes 90
 
@@ -9,8 +9,10 @@ the classical render's detail.
 Loss = L1(decoded x0, target) (or, with ``--objective relative``, its per-sample relative form)
 + L1(decoded clean latent, target) + 0.1 L1(x0, clean latent) + a small KL term (+ with
 ``--network-loss W``, W x the relative L1 of the decoder's own render on 4x4 means). Checkpoints
-every few minutes (resume by running the same command again), EMA weights, a log file, and a
-validation PSNR (2-step sampler, on the inference distribution) every ``--val-every`` steps.
+every few minutes and on Ctrl-C or SIGINT (resume by running the same command again), EMA
+weights, a log file, and a validation PSNR (2-step sampler, on the inference distribution) every
+``--val-every`` steps. ``--device cuda`` trains on a GPU; the data is still synthesised on the
+CPU, by ``--workers`` processes.
 
 A second, short stage calibrates the decoder's classical share, everything else frozen:
 ``--calibrate-share 1000 --init WEIGHTS`` (see :func:`calibrate_share`). ``--prune 0.5 --init
@@ -70,24 +72,26 @@ def relative_l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objective: str = "l1") -> dict:
     """One forward pass of the joint objective; returns the losses."""
     rvae, denoiser, sched = bundle.rvae, bundle.denoiser, bundle.scheduler
+    device = batch["input"].device
+    # Random draws from ``gen`` (on the CPU), moved to the batch's device: the same run on any device.
     mean_c, logvar_c = rvae.encode(batch["clean_input"], batch["clean_std"])
-    z_clean = mean_c + torch.exp(0.5 * logvar_c) * torch.randn(mean_c.shape, generator=gen)
+    z_clean = mean_c + torch.exp(0.5 * logvar_c) * torch.randn(mean_c.shape, generator=gen).to(device)
     mu, _ = rvae.encode(batch["input"], batch["noise_std"])
     B = mu.shape[0]
     steps = torch.tensor([STEP_CHOICES[i] for i in torch.randint(len(STEP_CHOICES), (B,), generator=gen)])
     k = (torch.rand(B, generator=gen) * steps).long() + 1                 # k-th of N grid points, 1..N
     t = torch.round(sched.t_start * k.float() / steps.float()).long()
-    is_start = k == steps
+    is_start = (k == steps).to(device)
     x0 = mean_c.detach()
     m_t, v_t = sched.marginal(x0, mu, t)
-    eps = torch.randn(mu.shape, generator=gen)
+    eps = torch.randn(mu.shape, generator=gen).to(device)
     x_t = m_t + v_t.sqrt() * eps
     # DTDM start: mu plus the SDE's noise at t_start; one-step sampling uses mu itself.
-    start_noise = torch.where((steps == 1).view(-1, 1, 1, 1), torch.zeros_like(eps), eps)
+    start_noise = torch.where((steps == 1).to(device).view(-1, 1, 1, 1), torch.zeros_like(eps), eps)
     x_start = sched.start_state(mu, start_noise)
     x_t = torch.where(is_start.view(-1, 1, 1, 1), x_start, x_t)
     noise_lat = F.avg_pool2d(batch["noise_std"], 2)
-    x0_hat = denoiser(x_t, mu, batch["color"], noise_lat, sched.time_input(t))
+    x0_hat = denoiser(x_t, mu, batch["color"], noise_lat, sched.time_input(t).to(device))
     decoder = rvae.decoder
     network, classical = decoder.render(x0_hat, batch["color"], batch["input"], batch["noise_std"], batch["detail"])
     out = decoder.classical_share(network, classical, batch["input"], batch["noise_std"])
@@ -253,10 +257,11 @@ def calibrate_share(share: torch.nn.Module, cache: dict[str, torch.Tensor], iter
 @torch.inference_mode()
 def validate(bundle: ModelBundle, val: list[dict], num_steps: int = 2) -> float:
     scores = []
+    device = next(bundle.parameters()).device
     for i, item in enumerate(val):
-        batch = {k: v[None] for k, v in item.items()}
+        batch = {k: v[None].to(device) for k, v in item.items()}
         gen = torch.Generator().manual_seed(i)
-        noises = [torch.randn((1, bundle.rvae.latent_channels, *batch["color"].shape[-2:]), generator=gen)
+        noises = [torch.randn((1, bundle.rvae.latent_channels, *batch["color"].shape[-2:]), generator=gen).to(device)
                   for _ in range(num_steps)]
         out = develop_latent(bundle, batch["input"], batch["noise_std"], batch["color"], batch["detail"],
                              num_steps, noises)
@@ -296,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the data is synthesised on the CPU)")
+    p.add_argument("--workers", type=int, default=1, help="processes synthesising the training data")
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-size", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
@@ -349,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     val = [val_set[i] for i in range(args.val_size)]
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
-    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    state = torch.load(ckpt, weights_only=False, map_location="cpu") if ckpt.exists() else None
     if state is not None:  # resume: the networks in the shape they were saved with
         bundle = fresh_bundle(state.get("config"))
     else:
@@ -364,6 +371,8 @@ def main(argv: list[str] | None = None) -> None:
                        for i in range(4)]
             bundle = prune_inner(bundle, args.prune, batches)
             say(f"pruned to {args.prune:g} of the inner widths: {json.dumps(bundle.config())}")
+    device = torch.device(args.device)
+    bundle.to(device)
     ema = copy.deepcopy(bundle)
     # With --widen the wide block starts at zero inside tuned networks; at the tuning's learning
     # rate it barely moved in 25 minutes (v24), so it trains at WIDE_LR_SCALE times that rate.
@@ -373,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     if wide:
         groups.append({"params": [p for n, p in bundle.named_parameters() if n in wide], "lr_scale": WIDE_LR_SCALE})
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-4)
-    if state is not None:
+    if state is not None:  # (loading copies the CPU tensors to the networks' device)
         bundle.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -382,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     say(f"{len(train.paths)} training photos, {len(val_set.paths)} validation photos")
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(train, range(step * args.batch, len(train))), batch_size=args.batch,
-        num_workers=1, persistent_workers=True, prefetch_factor=4)
+        num_workers=args.workers, persistent_workers=True, prefetch_factor=4, pin_memory=device.type == "cuda")
     gen = torch.Generator().manual_seed(args.seed + step)
     budget = args.minutes * 60
     last_ckpt = time.time()
@@ -393,30 +402,35 @@ def main(argv: list[str] | None = None) -> None:
         torch.save({"model": bundle.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "config": bundle.config(), "step": step, "elapsed": time.time() - start}, ckpt)
 
-    for batch in loader:
-        elapsed = time.time() - start
-        if elapsed >= budget:
-            break
-        progress = elapsed / budget
-        lr = args.lr * (min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * progress)) + 0.02)
-        for group in opt.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        losses = train_step(bundle, opt, batch, gen, args.objective, args.network_loss)
-        step += 1
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), bundle.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        for k, v in losses.items():
-            running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
-        if step % 25 == 0:
-            say(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in running.items())
-                + f" | {step * args.batch / max(elapsed, 1):.1f} samples/s")
-        if step % args.val_every == 0:
-            say(f"step {step} val PSNR (EMA, 2 steps) {validate(ema, val):.2f} dB")
-        if time.time() - last_ckpt > 300:
-            save_checkpoint()
-            last_ckpt = time.time()
+    try:
+        for batch in loader:
+            elapsed = time.time() - start
+            if elapsed >= budget:
+                break
+            progress = elapsed / budget
+            lr = args.lr * (min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * progress)) + 0.02)
+            for group in opt.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            losses = train_step(bundle, opt, batch, gen, args.objective, args.network_loss)
+            step += 1
+            decay = min(0.999, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), bundle.parameters()):
+                    pe.lerp_(pm, 1 - decay)
+            for k, v in losses.items():
+                running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
+            if step % 25 == 0:
+                say(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in running.items())
+                    + f" | {step * args.batch / max(elapsed, 1):.1f} samples/s")
+            if step % args.val_every == 0:
+                say(f"step {step} val PSNR (EMA, 2 steps) {validate(ema, val):.2f} dB")
+            if time.time() - last_ckpt > 300:
+                save_checkpoint()
+                last_ckpt = time.time()
+    except KeyboardInterrupt:  # Ctrl-C or SIGINT (e.g. ``timeout -s INT``): keep what was done
+        save_checkpoint()
+        say(f"interrupted at step {step}; checkpoint saved, the same command resumes")
+        raise SystemExit(130)
     save_checkpoint()
     say(f"done: step {step}, val PSNR (EMA, 2 steps) {validate(ema, val):.2f} dB")
     if args.export:

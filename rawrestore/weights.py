@@ -64,7 +64,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path, info: dict | None = None)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in bundle.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in bundle.state_dict().items()}
     save_file(tensors, str(path), metadata={"config": json.dumps(bundle.config()), "info": json.dumps(info or {})})
     return path
 

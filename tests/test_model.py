@@ -85,6 +85,19 @@ def test_tiled_equals_untiled(photo):
     assert float(diff.mean()) < 0.2 / 255
 
 
+def test_half_precision_as_on_cuda_gives_the_float32_output(photo):
+    """The networks in float16, as ``--device cuda`` runs them (here on the CPU): the classical
+    detail must stay in float32 (in half, the demosaic's ratios gave NaN) and the time embedding
+    must follow the networks' precision (it failed with a dtype error on a real GPU)."""
+    raw = noisy_raw(photo, iso=6400)
+    full = Developer(DevelopOptions(auto_exposure=False, steps=2))
+    half = Developer(DevelopOptions(auto_exposure=False, steps=2))
+    half.model, half.dtype = half.model.to(torch.float16), torch.float16
+    reference, result = full.develop(raw), half.develop(raw)
+    assert torch.isfinite(result).all()
+    assert psnr(result, reference) > 50
+
+
 def test_color_style_changes_colours_and_keeps_structure(photo, model):
     raw = noisy_raw(photo, iso=800)
     natural = model.develop(raw)

@@ -1,6 +1,10 @@
-"""Training: the relative L1, the classical share's calibration to per-sample PSNR, pruning, widening."""
+"""Training: the relative L1, the classical share's calibration to per-sample PSNR, pruning, widening,
+interrupting and resuming."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -238,3 +242,46 @@ def test_one_band_detail_gate_weights_give_the_one_band_decoder():
         # A coarse gate of its own changes the output: the comparison above can fail.
         decoder.detail_gate.bias[12:] += 2
         assert (decoder(*args) - one_band(*args)).abs().mean() > 1e-3
+
+
+def test_an_interrupted_run_keeps_its_steps_and_the_same_command_resumes(tmp_path, monkeypatch):
+    """Ctrl-C (or ``timeout -s INT``) saves a checkpoint at the step reached; the same command
+    then continues from there."""
+    import imageio.v3 as iio
+    from skimage import data
+
+    from rawrestore import train as train_module
+    from rawrestore.dataset import split_of
+
+    photos, run = tmp_path / "photos", tmp_path / "run"
+    photos.mkdir()
+    names = [f"photo{i}.png" for i in range(60)]
+    chosen = ([n for n in names if split_of(Path(n)) == "train"][:2]
+              + [n for n in names if split_of(Path(n)) == "val"][:1])
+    for k, name in enumerate(chosen):
+        iio.imwrite(photos / name, data.astronaut()[k * 96:k * 96 + 96, :96])
+    command = ["--data", str(photos), "--out", str(run), "--crop", "64", "--batch", "2", "--val-size", "1",
+               "--darktable-profiles", "", "--minutes", "30"]
+    real_step = train_module.train_step
+
+    def interrupt_after(steps: int):
+        done = []
+
+        def step(*args, **kwargs):
+            if len(done) == steps:
+                raise KeyboardInterrupt
+            done.append(1)
+            return real_step(*args, **kwargs)
+        return step
+
+    monkeypatch.setattr(train_module, "train_step", interrupt_after(2))
+    with pytest.raises(SystemExit) as stopped:
+        train_module.main(command)
+    assert stopped.value.code == 130
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
+
+    monkeypatch.setattr(train_module, "train_step", interrupt_after(1))
+    with pytest.raises(SystemExit):
+        train_module.main(command)
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert "resumed at step 2" in (run / "train.log").read_text()

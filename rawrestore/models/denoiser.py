@@ -39,7 +39,9 @@ class LatentDenoiser(nn.Module):
 
     def forward(self, x_t: torch.Tensor, mu: torch.Tensor, color: torch.Tensor, noise_std: torch.Tensor,
                 t: torch.Tensor) -> torch.Tensor:
-        temb = self.time_mlp(timestep_embedding(t, self.time_dim))
+        # The embedding is computed in float32 (its arguments reach 1000 t), then run at the
+        # networks' precision (half on CUDA).
+        temb = self.time_mlp(timestep_embedding(t, self.time_dim).to(x_t.dtype))
         h0 = self.enc0(F.silu(self.stem(torch.cat([x_t, mu, color, noise_std.sqrt()], 1))), temb)
         h1 = self.enc1(F.silu(self.down1(h0)), temb)
         h = F.silu(self.down2(h1))
