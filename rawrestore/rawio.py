@@ -60,9 +60,13 @@ class RawImage:
 
     def normalized(self) -> np.ndarray:
         """The mosaic with black subtracted and divided by (white - black): 1.0 is sensor clipping."""
-        h, w = self.mosaic.shape
-        black = np.tile(self.black, (h // 2 + 1, w // 2 + 1))[:h, :w]
-        return ((self.mosaic - black) / (self.white - black)).astype(np.float32)
+        out = np.empty(self.mosaic.shape, np.float32)
+        # Site by site, in place: a full-size black-level frame and temporaries cost 0.5-1 s on 24 MP.
+        for (py, px), black in np.ndenumerate(self.black):
+            sites = out[py::2, px::2]
+            np.subtract(self.mosaic[py::2, px::2], black, out=sites)
+            np.divide(sites, np.float32(self.white - black), out=sites)
+        return out
 
 
 def cfa_site_colors(cfa: str) -> np.ndarray:

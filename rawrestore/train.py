@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
             lr = args.lr * (min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * progress)) + 0.02)
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             losses = train_step(bundle, opt, batch, gen, args.objective, args.network_loss)
             step += 1
             decay = min(0.999, (1 + step) / (10 + step))

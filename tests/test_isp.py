@@ -7,7 +7,7 @@ import torch
 
 from rawrestore.conditioning import render_condition, render_detail, upsample_condition
 from rawrestore.isp import demosaic, demosaic_in_strips, develop_classical, normalized_rggb, pack, to_rggb, unpack
-from rawrestore.rawio import read_raw
+from rawrestore.rawio import RawImage, read_raw
 
 from conftest import CAM_FROM_XYZ, PATCHES, make_dng
 
@@ -79,6 +79,15 @@ def test_pack_unpack_and_layout_unification_are_lossless():
         padded, (top, left) = to_rggb(mosaic, cfa)
         assert padded.shape[0] % 2 == 0 and padded.shape[1] % 2 == 0
         torch.testing.assert_close(padded[top:top + 10, left:left + 14], mosaic)
+
+
+def test_normalisation_takes_each_sites_own_black_level():
+    black = np.array([[512, 500], [520, 508]], np.float32)
+    mosaic = np.array([[512, 500, 2000], [4000, 16383, 520], [1000, 1100, 1200]], np.float32)  # odd sides
+    raw = RawImage(cfa="RGGB", mosaic=mosaic, black=black, white=16383.0, wb=np.ones(3), srgb_from_cam=np.eye(3))
+    expected = np.array([[(m - black[y % 2, x % 2]) / (16383 - black[y % 2, x % 2]) for x, m in enumerate(row)]
+                         for y, row in enumerate(mosaic)])
+    np.testing.assert_allclose(raw.normalized(), expected, rtol=1e-6)
 
 
 def test_demosaic_is_exact_on_flat_colour():

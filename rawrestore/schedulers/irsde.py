@@ -89,7 +89,7 @@ def sample(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mu: t
     stochastic = num_steps > 1 and noises is not None
     x = scheduler.start_state(mu, noises[0] if stochastic else None)
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
-        t_in = scheduler.time_input(t).expand(mu.shape[0])
+        t_in = scheduler.time_input(t).to(mu.device).expand(mu.shape[0])
         x0 = denoiser(x, t_in)
         x = scheduler.step(x0, t, s, x, mu, noises[i + 1] if stochastic and s > 0 else None)
     return x
