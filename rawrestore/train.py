@@ -202,11 +202,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.inference_mode()
-def share_inputs(bundle: ModelBundle, dataset: torch.utils.data.Dataset, samples: int) -> dict[str, torch.Tensor]:
+def share_inputs(bundle: ModelBundle, dataset: torch.utils.data.Dataset, samples: int,
+                 workers: int = 1) -> dict[str, torch.Tensor]:
     """What the classical share sees at inference (default 1 step) on ``samples`` items, with the target.
 
-    The renders are kept in float16 (1.5 MB a 256 px sample): the networks are frozen, so they run
-    once and the share is fitted on this cache."""
+    The renders are kept in float16 (1.5 MB a 256 px sample), on the networks' device: the networks
+    are frozen, so they run once and the share is fitted on this cache."""
+    device = next(bundle.parameters()).device
     cache: dict[str, list[torch.Tensor]] = {k: [] for k in ("network", "classical", "x", "noise_std", "target")}
 
     def keep(_module, args, _output):
@@ -216,8 +218,9 @@ def share_inputs(bundle: ModelBundle, dataset: torch.utils.data.Dataset, samples
     hook = bundle.rvae.decoder.classical_share.register_forward_hook(keep)
     try:
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(samples)), batch_size=8,
-                                             num_workers=1)
+                                             num_workers=workers)
         for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
             develop_latent(bundle, batch["input"], batch["noise_std"], batch["color"], batch["detail"], 1)
             cache["target"].append(batch["target"].half())
     finally:
@@ -275,9 +278,10 @@ def share_stage(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         raise SystemExit("--calibrate-share needs --init (the weights to calibrate) and --export")
     say(f"config {json.dumps(vars(args))}")
     bundle, _ = load_init(args.init)
+    bundle.to(torch.device(args.device))
     dataset = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
                                   darktable_profiles=args.darktable_profiles, **CONDITIONS["clean"])
-    cache = share_inputs(bundle, dataset, args.calibrate_share)
+    cache = share_inputs(bundle, dataset, args.calibrate_share, args.workers)
     held_out = torch.arange(args.calibrate_share * 4 // 5, args.calibrate_share)
     fit = {k: v[:held_out[0]] for k, v in cache.items()}
     share = bundle.rvae.decoder.classical_share
