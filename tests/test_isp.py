@@ -83,10 +83,11 @@ def test_pack_unpack_and_layout_unification_are_lossless():
 
 def test_normalisation_takes_each_sites_own_black_level():
     black = np.array([[512, 500], [520, 508]], np.float32)
-    mosaic = np.array([[512, 500, 2000], [4000, 16383, 520], [1000, 1100, 1200]], np.float32)  # odd sides
-    raw = RawImage(cfa="RGGB", mosaic=mosaic, black=black, white=16383.0, wb=np.ones(3), srgb_from_cam=np.eye(3))
-    expected = np.array([[(m - black[y % 2, x % 2]) / (16383 - black[y % 2, x % 2]) for x, m in enumerate(row)]
-                         for y, row in enumerate(mosaic)])
+    mosaic = np.array([[512, 500, 2000], [4000, 16383, 520], [1000, 1100, 1200]], np.float32)  # odd
+    raw = RawImage(cfa="RGGB", mosaic=mosaic, black=black, white=16383.0, wb=np.ones(3),
+                   srgb_from_cam=np.eye(3))
+    site_black = np.array([[black[y % 2, x % 2] for x in range(3)] for y in range(3)])
+    expected = (mosaic - site_black) / (16383 - site_black)
     np.testing.assert_allclose(raw.normalized(), expected, rtol=1e-6)
 
 

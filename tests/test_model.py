@@ -44,11 +44,11 @@ def model() -> Developer:
     return Developer(DevelopOptions(auto_exposure=False))
 
 
-@pytest.mark.parametrize("iso, margin", [(6400, 2.9), (25600, 4.2)])
+@pytest.mark.parametrize("iso, margin", [(6400, 3.1), (25600, 4.5)])
 def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin):
-    # Shipped weights (v14) measured +3.39 dB at ISO 6400 and +4.71 dB at ISO 25600 on this photo
-    # (v13: +3.36 and +4.68, v12: +3.21 and +4.49, v11: +3.07 and +4.25, v10: +2.95 and +4.2,
-    # v9: +2.4 and +3.6).
+    # Shipped weights (v15) measured +3.61 dB at ISO 6400 and +5.05 dB at ISO 25600 on this photo
+    # (v14: +3.39 and +4.71, v13: +3.36 and +4.68, v12: +3.21 and +4.49, v11: +3.07 and +4.25,
+    # v10: +2.95 and +4.2, v9: +2.4 and +3.6).
     raw = noisy_raw(photo, iso=iso)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
     enhanced = model.develop(raw)
@@ -59,9 +59,9 @@ def test_model_beats_the_classical_isp_on_a_noisy_raw(photo, model, iso, margin)
 def test_model_stays_close_on_a_clean_raw(photo, model):
     # RCD on a clean, lens-blurred RAW is near exact (42.1 dB on this photo), and the network
     # alone smooths fine detail; the classical share hands such pixels to the classical render.
-    # The shipped model (v14) measured 0.50 dB above the classical ISP here (v13 0.45, v12 0.3, v11
-    # 0.4, v10 and v9 0.1 dB above; v6, with a one-band share, 0.2 dB below; v4, whose share was
-    # fitted to the batch L1, 3.0 dB below).
+    # The shipped model (v15) measured 0.57 dB above the classical ISP here (v14 0.50, v13 0.45,
+    # v12 0.3, v11 0.4, v10 and v9 0.1 dB above; v6, with a one-band share, 0.2 dB below; v4, whose
+    # share was fitted to the batch L1, 3.0 dB below).
     raw = noisy_raw(photo, iso=100)
     classical = Developer(DevelopOptions(auto_exposure=False, classical=True)).develop(raw)
     assert psnr(model.develop(raw), photo) > psnr(classical, photo)
