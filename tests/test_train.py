@@ -285,3 +285,17 @@ def test_an_interrupted_run_keeps_its_steps_and_the_same_command_resumes(tmp_pat
         train_module.main(command)
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
     assert "resumed at step 2" in (run / "train.log").read_text()
+
+
+def test_training_and_sampling_keep_to_the_networks_device():
+    """Every tensor the training step and the sampler make is on the networks' device. Run on the
+    'meta' device (shapes, no data): a tensor left on the CPU fails here as it does on a GPU (two
+    did, on an H100)."""
+    bundle = fresh_bundle().to("meta")
+    batch = {k: v.to("meta") for k, v in _batch().items()}
+    losses = training_state(bundle, batch, torch.Generator().manual_seed(0), "relative")
+    joint_loss(losses, 0.1).backward()
+    assert all(p.grad.device.type == "meta" for p in bundle.parameters() if p.grad is not None)
+    noises = [torch.randn(2, bundle.rvae.latent_channels, 8, 8).to("meta") for _ in range(2)]
+    out = develop_latent(bundle, batch["input"], batch["noise_std"], batch["color"], batch["detail"], 2, noises)
+    assert out.device.type == "meta" and out.shape == batch["target"].shape
