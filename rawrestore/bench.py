@@ -269,7 +269,10 @@ def _classical(dng: Path, setting=None) -> np.ndarray:
 
 
 def _classical_nlm(dng: Path, h: float) -> np.ndarray:
-    import cv2
+    try:
+        import cv2
+    except ImportError:
+        raise Unavailable('needs OpenCV: pip install -e ".[bench]"') from None
 
     # OpenCV's colour NLM takes 8-bit images only; the ground truth is 8-bit photos anyway.
     image = (np.clip(_classical(dng), 0, 1) * 255).round().astype(np.uint8)
