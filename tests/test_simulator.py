@@ -132,6 +132,16 @@ def test_estimate_noise_on_flat_ramp(iso, ratio):
     assert b == pytest.approx(noise.variance(0.0), rel=0.5, abs=true_a * 0.02)
 
 
+def test_estimate_noise_on_a_small_frame():
+    """128 px: too few blocks for many level bins, yet the shot noise must be seen (with one bin,
+    whose flattest blocks are its darkest, the std at a bright level read a sixth of the truth)."""
+    noise = eld_noise("CanonEOS70D", 6400, tukey=False)
+    ramp = torch.linspace(0.02, 0.6, 128).repeat(128, 1)
+    a, b = estimate_noise(pack(add_sensor_noise(ramp, noise, torch.Generator().manual_seed(1))))
+    true_a = noise.K * noise.ratio / noise.white_range
+    assert np.sqrt(a * 0.5 + b) == pytest.approx(np.sqrt(true_a * 0.5 + noise.variance(0.0)), rel=0.25)
+
+
 # --- (c) synthetic DNGs read back in LibRaw with every tag right --------------------------------
 
 @pytest.mark.parametrize("layout", LAYOUTS)
