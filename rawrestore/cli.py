@@ -253,12 +253,12 @@ def enhance(
                                    help="Use the fast classical ISP only, without the learned model."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps",
                               help="Diffusion sampling steps: 1 (fastest, deterministic), 2, 4 or 8 "
-                                   "(more: finer texture)."),
+                                   "(with the shipped weights more steps measure no better: README)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (half precision on CUDA)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise: same seed, same output."),
     weights: Optional[str] = typer.Option(None, "--weights",
                                           help="A .safetensors weights file, or 'hub' for the published copy "
-                                               "[default: the weights shipped with rawrestore]."),
+                                               "(default: the weights shipped with rawrestore)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of failures."),
 ) -> None:
     """Develop RAW files to sRGB images, beside the inputs (photo.dng -> photo.jpg) by default."""
