@@ -27,7 +27,8 @@ from .rawio import RawImage
 from .styles import get_style
 
 DEFAULT_STEPS = 1  # 2, 4 and 8 measured no better with the shipped weights (README)
-STEP_CHOICES = (1, 2, 4, 8)
+STEP_CHOICES = (1, 2, 4, 8)  # what the denoiser is trained for
+ABLATION_STEPS = 0  # the encoder's latent decoded as it is, no diffusion step (the benchmark's ablation)
 RVAE_OVERLAP = 16  # latent pixels; twice the RVAE decoder's receptive radius (8 with the wide RAW block)
 
 
@@ -89,7 +90,7 @@ class Developer:
         keep_freed_memory()
         self.model = None
         if not opts.classical:
-            if opts.steps not in STEP_CHOICES:
+            if opts.steps not in (ABLATION_STEPS, *STEP_CHOICES):
                 raise ValueError(f"steps must be one of {', '.join(map(str, STEP_CHOICES))} (the model is trained for those)")
             from .weights import load_weights
 

@@ -87,3 +87,14 @@ def test_step_grid():
         grid = sched.timesteps(n)
         assert grid[0] == sched.t_start and grid[-1] == 0 and len(grid) == n + 1
         assert all(a > b for a, b in zip(grid, grid[1:]))
+
+
+def test_zero_steps_return_the_degraded_latent_without_calling_the_denoiser():
+    def denoiser(x_t, t):
+        raise AssertionError("no step, no denoiser call")
+
+    mu = torch.randn(1, 4, 8, 8)
+    assert IRSDEScheduler().timesteps(0) == [IRSDEScheduler().t_start]
+    torch.testing.assert_close(sample(denoiser, mu, IRSDEScheduler(), 0, []), mu)
+    with pytest.raises(ValueError):
+        IRSDEScheduler().timesteps(-1)

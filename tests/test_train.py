@@ -14,8 +14,8 @@ from rawrestore.conditioning import upsample_condition
 from rawrestore.models.rvae import ClassicalShare, coarse_band
 from rawrestore.pipeline import develop_latent
 from rawrestore.schedulers import IRSDEScheduler
-from rawrestore.train import (calibrate_share, fresh_bundle, joint_loss, load_init, prune_inner, relative_l1,
-                              share_psnr, train_step, training_state)
+from rawrestore.train import (calibrate_share, fresh_bundle, joint_loss, latent_headroom, load_init, prune_inner,
+                              relative_l1, share_psnr, train_step, training_state)
 from rawrestore.weights import ModelBundle, load_bundle, save_bundle, with_current_bands
 
 
@@ -209,6 +209,31 @@ def test_the_network_loss_reaches_the_render_the_share_hides():
     assert through_output.abs().max() == 0
     assert through_network.abs().max() > 1e-4
     torch.testing.assert_close(joint_loss(losses, 0.5) - joint_loss(losses), 0.5 * losses["network"])
+
+
+def test_the_clean_latent_loss_decodes_the_clean_latent_beside_the_noisy_raw():
+    torch.manual_seed(0)
+    bundle, batch = fresh_bundle(), _batch()
+    losses = training_state(bundle, batch, torch.Generator().manual_seed(0), "relative", clean_latent=True)
+    with torch.no_grad():
+        clean = bundle.rvae.encode_mean(batch["clean_input"], batch["clean_std"])
+        out = bundle.rvae.decode(clean, batch["color"], batch["input"], batch["noise_std"], batch["detail"])
+    torch.testing.assert_close(losses["clean_latent"], (out - batch["target"]).abs().mean())
+    torch.testing.assert_close(joint_loss(losses, 0.0, 0.5) - joint_loss(losses), 0.5 * losses["clean_latent"])
+    assert "clean_latent" not in training_state(bundle, batch, torch.Generator().manual_seed(0), "relative")
+
+
+def test_latent_headroom_decodes_the_encoders_the_denoised_and_the_clean_latent():
+    torch.manual_seed(0)
+    bundle, batch = fresh_bundle().eval(), _batch(count=4)
+    val = [{k: v[i] for k, v in batch.items()} for i in range(4)]
+    headroom = latent_headroom(bundle, val)
+    # An untrained denoiser returns its input (zero-initialised head): one step changes nothing.
+    assert headroom["1 step"] == headroom["no step"]
+    assert headroom["clean latent"] != headroom["no step"]
+    # Told that the noisy RAW is the clean one, the clean latent is the encoder's own.
+    as_clean = [{**item, "clean_input": item["input"], "clean_std": item["noise_std"]} for item in val]
+    assert latent_headroom(bundle, as_clean)["clean latent"] == headroom["no step"]
 
 
 def test_one_band_detail_gate_weights_give_the_one_band_decoder():

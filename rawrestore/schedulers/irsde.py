@@ -48,9 +48,11 @@ class IRSDEScheduler:
         return mu + (x0 - mu) * b, self.lam ** 2 * (1 - b ** 2)
 
     def timesteps(self, num_steps: int) -> list[int]:
-        """The N-step grid from t_start down to 0 (inclusive of both ends)."""
-        if num_steps < 1:
-            raise ValueError("num_steps must be >= 1")
+        """The N-step grid from t_start down to 0 (inclusive of both ends); no steps: t_start alone."""
+        if num_steps < 0:
+            raise ValueError("num_steps must be >= 0")
+        if num_steps == 0:
+            return [self.t_start]
         return [round(self.t_start * k / num_steps) for k in range(num_steps, -1, -1)]
 
     def start_state(self, mu: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
@@ -83,7 +85,8 @@ def sample(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mu: t
 
     ``denoiser(x_t, t_input) -> x0``. ``noises`` holds num_steps tensors shaped like mu: the
     first perturbs the start state, the others the posterior steps. With one step the x0 jump is
-    deterministic (the start state is mu itself), whatever ``noises`` says.
+    deterministic (the start state is mu itself), whatever ``noises`` says. With none, the result
+    is mu: the degraded latent, not denoised (an ablation: what the diffusion adds).
     """
     grid = scheduler.timesteps(num_steps)
     stochastic = num_steps > 1 and noises is not None
