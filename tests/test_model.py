@@ -76,6 +76,20 @@ def test_same_seed_same_output_and_steps_change_it(photo):
     assert (a - c).abs().mean() > 1e-4
 
 
+def test_zero_steps_decode_the_encoders_latent_without_the_denoiser(photo):
+    raw = noisy_raw(photo, iso=3200)
+    skipped = Developer(DevelopOptions(auto_exposure=False, steps=0))
+
+    def denoiser(*_):
+        raise AssertionError("zero steps call no denoiser")
+
+    skipped.model.denoiser.forward = denoiser
+    one_step = Developer(DevelopOptions(auto_exposure=False, steps=1)).develop(raw)
+    assert 0 < (skipped.develop(raw) - one_step).abs().mean() < 0.01
+    with pytest.raises(ValueError, match=r"0 \(no diffusion step\) or one of 1, 2, 4, 8"):
+        Developer(DevelopOptions(steps=3))
+
+
 def test_tiled_equals_untiled(photo):
     raw = noisy_raw(photo, iso=1600)
     whole = Developer(DevelopOptions(auto_exposure=False, steps=2, tile=1024))
