@@ -69,8 +69,7 @@ def relative_l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (per_sample / held).mean() * held.mean()
 
 
-def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objective: str = "l1",
-                   clean_latent: bool = False) -> dict:
+def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objective: str = "l1") -> dict:
     """One forward pass of the joint objective; returns the losses."""
     rvae, denoiser, sched = bundle.rvae, bundle.denoiser, bundle.scheduler
     device = batch["input"].device
@@ -98,7 +97,7 @@ def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objec
     out = decoder.classical_share(network, classical, batch["input"], batch["noise_std"])
     recon = rvae.decode(z_clean, batch["color"], batch["clean_input"], batch["clean_std"], batch["clean_detail"])
     kl = 0.5 * (mean_c ** 2 + logvar_c.exp() - 1 - logvar_c).mean()
-    losses = {
+    return {
         "image": (relative_l1(out, batch["target"]) if objective == "relative"
                   else F.l1_loss(out, batch["target"])),
         "recon": F.l1_loss(recon, batch["target"]),
@@ -109,27 +108,19 @@ def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objec
         # errors get little gradient (v10: 39 dB on 16x16 means where the classical render has 52).
         "network": relative_l1(F.avg_pool2d(network, 4), F.avg_pool2d(batch["target"], 4)),
     }
-    if clean_latent:
-        # The clean RAW's latent with the noisy RAW's skips, as a perfect denoiser would hand it to
-        # the decoder: without this the decoder learns to lean on its noisy skips and a perfect
-        # latent would gain 0.2 dB on average (0.8 at the highest noise), so the denoiser's work
-        # hardly pays (README, benchmark).
-        losses["clean_latent"] = relative_l1(
-            rvae.decode(mean_c, batch["color"], batch["input"], batch["noise_std"], batch["detail"]), batch["target"])
-    return losses
 
 
-def joint_loss(losses: dict, network_weight: float = 0.0, clean_latent_weight: float = 0.0) -> torch.Tensor:
+def joint_loss(losses: dict, network_weight: float = 0.0) -> torch.Tensor:
     return (losses["image"] + losses["recon"] + 0.1 * losses["latent"] + 1e-5 * losses["kl"]
-            + network_weight * losses["network"] + clean_latent_weight * losses.get("clean_latent", 0.0))
+            + network_weight * losses["network"])
 
 
 def train_step(bundle: ModelBundle, opt: torch.optim.Optimizer, batch: dict, gen: torch.Generator,
-               objective: str = "l1", network_weight: float = 0.0, clean_latent_weight: float = 0.0) -> dict:
+               objective: str = "l1", network_weight: float = 0.0) -> dict:
     """One optimisation step of the joint objective (gradients clipped to norm 1); returns the losses."""
-    losses = training_state(bundle, batch, gen, objective, clean_latent=clean_latent_weight > 0)
+    losses = training_state(bundle, batch, gen, objective)
     opt.zero_grad(set_to_none=True)
-    joint_loss(losses, network_weight, clean_latent_weight).backward()
+    joint_loss(losses, network_weight).backward()
     torch.nn.utils.clip_grad_norm_(bundle.parameters(), 1.0)
     opt.step()
     return losses
@@ -372,9 +363,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--headroom", action="store_true",
                    help="measure what the latent diffusion adds to the --init weights, and what a perfect "
                         "latent would add, on --val-size validation samples; then exit")
-    p.add_argument("--clean-latent-loss", type=float, default=0.0, metavar="WEIGHT",
-                   help="add WEIGHT x the relative L1 of the decoder's output from the clean RAW's latent "
-                        "with the noisy RAW's skips (what a perfect latent denoiser would give it)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -463,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            losses = train_step(bundle, opt, batch, gen, args.objective, args.network_loss, args.clean_latent_loss)
+            losses = train_step(bundle, opt, batch, gen, args.objective, args.network_loss)
             step += 1
             decay = min(0.999, (1 + step) / (10 + step))
             with torch.no_grad():

@@ -211,18 +211,6 @@ def test_the_network_loss_reaches_the_render_the_share_hides():
     torch.testing.assert_close(joint_loss(losses, 0.5) - joint_loss(losses), 0.5 * losses["network"])
 
 
-def test_the_clean_latent_loss_decodes_the_clean_latent_beside_the_noisy_raw():
-    torch.manual_seed(0)
-    bundle, batch = fresh_bundle(), _batch()
-    losses = training_state(bundle, batch, torch.Generator().manual_seed(0), "relative", clean_latent=True)
-    with torch.no_grad():
-        clean = bundle.rvae.encode_mean(batch["clean_input"], batch["clean_std"])
-        out = bundle.rvae.decode(clean, batch["color"], batch["input"], batch["noise_std"], batch["detail"])
-    torch.testing.assert_close(losses["clean_latent"], (out - batch["target"]).abs().mean())
-    torch.testing.assert_close(joint_loss(losses, 0.0, 0.5) - joint_loss(losses), 0.5 * losses["clean_latent"])
-    assert "clean_latent" not in training_state(bundle, batch, torch.Generator().manual_seed(0), "relative")
-
-
 def test_latent_headroom_decodes_the_encoders_the_denoised_and_the_clean_latent():
     torch.manual_seed(0)
     bundle, batch = fresh_bundle().eval(), _batch(count=4)
