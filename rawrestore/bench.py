@@ -500,7 +500,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--levels", nargs="+", choices=list(LEVELS), default=list(LEVELS))
     parser.add_argument("--methods", nargs="+", choices=[*BASE_METHODS, "model"], default=[*BASE_METHODS, "model"])
     parser.add_argument("--steps", nargs="+", type=int, default=[0, 1, 2, 4, 8],
-                        help="model step counts (0: the encoder's latent decoded with no diffusion step, an ablation)")
+                        help="model step counts (0: no diffusion step, the encoder's latent decoded as it is)")
     parser.add_argument("--weights", type=Path, default=None, help="model weights (default: the bundled ones)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_ROOT, help=f"cache root (default {DEFAULT_ROOT})")
     parser.add_argument("--photos", type=Path, nargs="+", default=[DEFAULT_PHOTOS], help="clean photo folders")

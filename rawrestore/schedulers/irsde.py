@@ -86,7 +86,7 @@ def sample(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mu: t
     ``denoiser(x_t, t_input) -> x0``. ``noises`` holds num_steps tensors shaped like mu: the
     first perturbs the start state, the others the posterior steps. With one step the x0 jump is
     deterministic (the start state is mu itself), whatever ``noises`` says. With none, the result
-    is mu: the degraded latent, not denoised (an ablation: what the diffusion adds).
+    is mu: the degraded latent, not denoised (``--steps 0``: what the diffusion adds, measured).
     """
     grid = scheduler.timesteps(num_steps)
     stochastic = num_steps > 1 and noises is not None
