@@ -34,11 +34,11 @@ def binned_linear(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarra
     return apply_matrix((rgb * gains).clamp(0, float(np.min(wb))), srgb_from_cam)
 
 
-def render_condition(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray, gain: float = 1.0
-                     ) -> torch.Tensor:
-    """The colour condition: the fast classical development, exposed and sRGB-encoded, averaged
-    2x2 down to the latent grid (H/4)."""
-    display = srgb_encode(binned_linear(packed, wb, srgb_from_cam) * gain)
+def render_condition(linear: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """The colour condition: the fast classical development (``linear``, from :func:`binned_linear`),
+    exposed and sRGB-encoded, averaged 2x2 down to the latent grid (H/4). It takes the development,
+    not the RAW, because inference also sets the exposure from it."""
+    display = srgb_encode(linear * gain)
     return F.avg_pool2d(display[None], 2)[0]
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .conditioning import model_input, render_condition, render_detail
+from .conditioning import binned_linear, model_input, render_condition, render_detail
 from .isp import pack
 from .noise import NoiseParams, add_sensor_noise, darktable_noise, eld_cameras, eld_noise, estimate_noise
 from .unprocess import mosaic, optical_blur, random_camera, unprocess
@@ -167,8 +167,8 @@ class SyntheticRAWDataset(torch.utils.data.Dataset):
         x, noise_std = model_input(noisy, wb_told, noise=estimated_noise)
         x_clean, clean_std = model_input(clean, wb_told, noise=(0.0, 1e-8))
 
-        color = render_condition(noisy, cam.wb, cam.srgb_from_cam)  # what inference computes
-        clean_color = render_condition(clean, cam.wb, cam.srgb_from_cam)
+        color = render_condition(binned_linear(noisy, cam.wb, cam.srgb_from_cam))  # what inference computes
+        clean_color = render_condition(binned_linear(clean, cam.wb, cam.srgb_from_cam))
         # Detail always comes from the camera's own render, never from the look: as at inference.
         detail = render_detail(noisy, color, cam.wb, cam.srgb_from_cam)
         clean_detail = render_detail(clean, clean_color, cam.wb, cam.srgb_from_cam)

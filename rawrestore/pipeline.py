@@ -123,9 +123,10 @@ class Developer:
         if pad_y or pad_x:
             mosaic = F.pad(mosaic[None, None], (0, pad_x, 0, pad_y), mode="reflect")[0, 0]
         packed = pack(mosaic)
-        gain = exposure_gain(binned_linear(packed, raw.wb, raw.srgb_from_cam), opts.exposure_ev, opts.auto_exposure)
+        linear = binned_linear(packed, raw.wb, raw.srgb_from_cam)
+        gain = exposure_gain(linear, opts.exposure_ev, opts.auto_exposure)
         x, noise_std = model_input(packed, raw.wb, gain, noise=estimate_noise(packed))
-        condition = render_condition(packed, raw.wb, raw.srgb_from_cam, gain)
+        condition = render_condition(linear, gain)
         color = self.style(condition)
         detail_of = partial(render_detail, wb=raw.wb, srgb_from_cam=raw.srgb_from_cam, gain=gain)
         image = develop_tiled(self.model, x, noise_std, color, condition, packed, detail_of, opts.steps, opts.seed,

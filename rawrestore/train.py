@@ -18,8 +18,9 @@ A second, short stage calibrates the decoder's classical share, everything else 
 ``--calibrate-share 1000 --init WEIGHTS`` (see :func:`calibrate_share`). ``--prune 0.5 --init
 WEIGHTS`` starts a run from those weights with half the ResBlocks' inner channels (see
 :func:`prune_inner`): fewer operations at inference, the same interfaces. ``--widen 32 --init
-WEIGHTS`` adds the decoder's wide RAW block (inner width 32) to weights without one; it starts as
-a no-op, so the run starts from exactly those weights' output.
+WEIGHTS`` adds the decoder's wide RAW block (inner width 32) to weights without one, ``--widen-half
+16 --init WEIGHTS`` widens the decoder's ResBlocks at H/2 to inner width 16; the new channels start
+as no-ops, so the run starts from exactly those weights' output.
 
 A degraded condition (the default, as v1-v3 were trained) makes the model take only colour from
 it, but it also breaks what inference guarantees, that the condition plus the detail input is
@@ -132,19 +133,31 @@ def fresh_bundle(config: dict | None = None) -> ModelBundle:
     return bundle_from_config(config) if config else ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler())
 
 
-def load_init(path: str, wide_hidden: int = 0) -> tuple[ModelBundle, list[str]]:
+def load_init(path: str, wide_hidden: int = 0, half_hidden: int = 0) -> tuple[ModelBundle, list[str]]:
     """The networks of a run's checkpoint.pt (its EMA) or of a weights .safetensors, in the shape
-    they were saved with (``wide_hidden`` > 0: with the decoder's wide RAW block of that inner
-    width); returns them and the layers the file lacks (those keep their initialisation, which
-    makes them start as no-ops)."""
+    they were saved with, or grown: ``wide_hidden`` > 0 adds the decoder's wide RAW block of that
+    inner width, ``half_hidden`` > 0 widens the inner width of the decoder's ResBlocks at H/2 to it.
+    Returns them and the layers the file lacks (those keep their initialisation, which makes them
+    start as no-ops). A grown layer keeps the file's weights in its leading channels; the rest keep
+    their initialisation, which for a ResBlock's second convolution is zero, so the new inner
+    channels start as no-ops too."""
     if path.endswith(".safetensors"):  # shipped weights (e.g. rawrestore/weights/)
         config, weights = read_weights(path)
     else:
         state = torch.load(path, weights_only=False)
         config, weights = state.get("config"), with_current_bands(state["ema"])
+    config = config or fresh_bundle().config()
     if wide_hidden:
-        config = {**(config or fresh_bundle().config()), "rvae_wide_hidden": wide_hidden}
+        config = {**config, "rvae_wide_hidden": wide_hidden}
+    if half_hidden:
+        config = {**config, "rvae_half_hidden": half_hidden}
     bundle = fresh_bundle(config)
+    own = bundle.state_dict()
+    for key, value in weights.items():
+        if key in own and own[key].shape != value.shape:
+            grown = own[key].clone()
+            grown[tuple(slice(0, n) for n in value.shape)] = value
+            weights[key] = grown
     missing, _ = bundle.load_state_dict(weights, strict=False)
     return bundle, missing
 
@@ -351,6 +364,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--widen", type=int, default=0, metavar="HIDDEN",
                    help="start from the --init weights with the decoder's wide RAW block added (inner "
                         "width HIDDEN), as a no-op at first; it trains at 5x the learning rate")
+    p.add_argument("--widen-half", type=int, default=0, metavar="HIDDEN",
+                   help="start from the --init weights with the inner width of the decoder's ResBlocks at H/2 "
+                        "widened to HIDDEN, the new channels no-ops at first; those blocks train at 5x the "
+                        "learning rate")
     p.add_argument("--objective", choices=["l1", "relative"], default="l1",
                    help="the output's loss: l1 over the batch, or relative (each sample weighted by "
                         "its relative error, as per-image PSNR weights it)")
@@ -380,8 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.calibrate_share:
         share_stage(args, say)
         return
-    if (args.prune or args.widen) and not args.init:
-        raise SystemExit("--prune and --widen need --init (the weights to change)")
+    if (args.prune or args.widen or args.widen_half) and not args.init:
+        raise SystemExit("--prune, --widen and --widen-half need --init (the weights to change)")
     train = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
                                 darktable_profiles=args.darktable_profiles, **CONDITIONS[args.condition])
     # Validation as at inference: the colour condition neither degraded nor restyled.
@@ -402,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         say(f"config {json.dumps(vars(args))}")
         bundle = fresh_bundle()
         if args.init:
-            bundle, missing = load_init(args.init, args.widen)
+            bundle, missing = load_init(args.init, args.widen, args.widen_half)
             say(f"initialised from {args.init}; new: {', '.join(missing) or 'nothing'}")
         if args.prune:
             # Importance measured on training samples from the far end of the set, past this run's own.
@@ -414,9 +431,11 @@ def main(argv: list[str] | None = None) -> None:
     bundle.to(device)
     ema = copy.deepcopy(bundle)
     # With --widen the wide block starts at zero inside tuned networks; at the tuning's learning
-    # rate it barely moved in 25 minutes (v24), so it trains at WIDE_LR_SCALE times that rate.
+    # rate it barely moved in 25 minutes (v24), so it trains at WIDE_LR_SCALE times that rate, as
+    # do the blocks that --widen-half grows.
     wide = {n for n, _ in bundle.named_parameters()
-            if args.widen and (".decoder.raw_wide." in n or ".decoder.block_wide." in n)}
+            if (args.widen and (".decoder.raw_wide." in n or ".decoder.block_wide." in n))
+            or (args.widen_half and ".decoder.block_half" in n)}
     groups = [{"params": [p for n, p in bundle.named_parameters() if n not in wide], "lr_scale": 1.0}]
     if wide:
         groups.append({"params": [p for n, p in bundle.named_parameters() if n in wide], "lr_scale": WIDE_LR_SCALE})

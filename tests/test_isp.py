@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rawrestore.conditioning import render_condition, render_detail, upsample_condition
+from rawrestore.conditioning import binned_linear, render_condition, render_detail, upsample_condition
 from rawrestore.isp import demosaic, demosaic_in_strips, develop_classical, normalized_rggb, pack, to_rggb, unpack
 from rawrestore.rawio import RawImage, read_raw
 
@@ -122,7 +122,7 @@ def test_condition_plus_detail_is_the_classical_render(tmp_path):
     raw = read_raw(make_dng(tmp_path / "patches.dng"))
     packed = pack(normalized_rggb(raw)[0])
     gain = 1.7
-    color = render_condition(packed, raw.wb, raw.srgb_from_cam, gain)
+    color = render_condition(binned_linear(packed, raw.wb, raw.srgb_from_cam), gain)
     detail = render_detail(packed, color, raw.wb, raw.srgb_from_cam, gain)
     assert detail.shape == (3, *raw.mosaic.shape)
     rebuilt = upsample_condition(color[None])[0] + detail

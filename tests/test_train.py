@@ -144,7 +144,8 @@ def test_pruning_removes_the_channels_that_do_not_matter(tmp_path):
     assert not torch.allclose(develop(prune_inner(bundle, 0.25, [batch])), before, atol=1e-3)
 
 
-def test_widening_starts_from_the_same_output_and_the_wide_block_is_used(tmp_path):
+@pytest.mark.parametrize("grow", [{"wide_hidden": 24}, {"half_hidden": 24}])
+def test_widening_starts_from_the_same_output_and_the_new_channels_are_used(tmp_path, grow):
     torch.manual_seed(0)
     bundle = fresh_bundle().eval()
     with torch.no_grad():  # trained-like: a decoder whose render depends on its inputs
@@ -153,9 +154,14 @@ def test_widening_starts_from_the_same_output_and_the_wide_block_is_used(tmp_pat
                 module.conv2.weight.normal_(0, 0.05)
         bundle.rvae.decoder.head.weight.normal_(0, 0.05)
     path = save_bundle(bundle, tmp_path / "narrow.safetensors")
-    widened, new = load_init(str(path), wide_hidden=24)
-    assert widened.config()["rvae_wide_hidden"] == 24 and all(".decoder.raw_wide." in k or ".decoder.block_wide."
-                                                              in k for k in new)
+    widened, new = load_init(str(path), **grow)
+    if "wide_hidden" in grow:
+        assert widened.config()["rvae_wide_hidden"] == 24 and new and all(
+            ".decoder.raw_wide." in k or ".decoder.block_wide." in k for k in new)
+        grown = [widened.rvae.decoder.block_wide]
+    else:
+        assert widened.config()["rvae_half_hidden"] == 24 and not new
+        grown = [widened.rvae.decoder.block_half, widened.rvae.decoder.block_half2]
     batch = _batch()
 
     def develop(b):
@@ -164,11 +170,13 @@ def test_widening_starts_from_the_same_output_and_the_wide_block_is_used(tmp_pat
 
     before = develop(bundle)
     torch.testing.assert_close(develop(widened), before)
-    # Trained, the wide block changes the output (the comparison above can fail), and its width
-    # travels in the weights file.
+    # Trained, the new channels change the output (the comparison above can fail), and the
+    # widths travel in the weights file.
     with torch.no_grad():
-        widened.rvae.decoder.raw_wide.weight.normal_(0, 0.05)
-        widened.rvae.decoder.block_wide.conv2.weight.normal_(0, 0.05)
+        if "wide_hidden" in grow:
+            widened.rvae.decoder.raw_wide.weight.normal_(0, 0.05)
+        for block in grown:
+            block.conv2.weight[:, -4:].normal_(0, 0.05)
     after = develop(widened)
     assert (after - before).abs().mean() > 1e-3
     reloaded = load_bundle(save_bundle(widened, tmp_path / "wide.safetensors"))
