@@ -1,4 +1,4 @@
 """``python -m rawrestore``: the same command line as the ``rawrestore`` script."""
-from .cli import app
+from .cli import run
 
-app(prog_name="rawrestore")
+run()

@@ -196,3 +196,18 @@ def test_non_bayer_file_gets_a_notice_with_the_model(shared_dir, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "note: lg_h815_linear_sample_1mp.dng: linear RAW, not Bayer: developed from LibRaw's "
         "demosaic; the learned model does not apply to it"]
+
+
+@pytest.mark.parametrize("raised, code, stderr_text", [(SystemExit(None), 0, ""), (SystemExit(2), 2, ""),
+                                                     (SystemExit("bad input"), 1, "bad input\n")])
+def test_run_ends_the_process_with_the_commands_exit_code(monkeypatch, capsys, raised, code, stderr_text):
+    import rawrestore.cli as cli
+
+    def command(**_):
+        raise raised
+
+    ended = []
+    monkeypatch.setattr(cli, "app", command)
+    monkeypatch.setattr(cli.os, "_exit", ended.append)
+    cli.run()
+    assert ended == [code] and capsys.readouterr().err == stderr_text
