@@ -20,9 +20,7 @@ WEIGHTS`` starts a run from those weights with half the ResBlocks' inner channel
 :func:`prune_inner`): fewer operations at inference, the same interfaces. ``--widen 32 --init
 WEIGHTS`` adds the decoder's wide RAW block (inner width 32) to weights without one, ``--widen-half
 16 --init WEIGHTS`` widens the decoder's ResBlocks at H/2 to inner width 16; the new channels start
-as no-ops, so the run starts from exactly those weights' output. ``--distill-denoiser 16 32 64 --init
-WEIGHTS`` trains a smaller denoiser to reproduce the one in WEIGHTS, their RVAE frozen (see
-:func:`distill_state`): the diffusion step at a fraction of its cost.
+as no-ops, so the run starts from exactly those weights' output.
 
 A degraded condition (the default, as v1-v3 were trained) makes the model take only colour from
 it, but it also breaks what inference guarantees, that the condition plus the detail input is
@@ -72,37 +70,27 @@ def relative_l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (per_sample / held).mean() * held.mean()
 
 
-def sampler_state(sched: IRSDEScheduler, x0: torch.Tensor, mu: torch.Tensor,
-                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A state the sampler meets and its time, per sample: a step count N drawn from the offered
-    ones and the k-th point of its grid; the grid's first point is the DTDM start (mu plus the
-    SDE's noise at t_start; mu itself for one step), later ones the SDE marginal around x0.
-
-    Random draws come from ``gen`` (on the CPU), moved to the batch's device: the same run on any device.
-    """
-    device = mu.device
+def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objective: str = "l1") -> dict:
+    """One forward pass of the joint objective; returns the losses."""
+    rvae, denoiser, sched = bundle.rvae, bundle.denoiser, bundle.scheduler
+    device = batch["input"].device
+    # Random draws from ``gen`` (on the CPU), moved to the batch's device: the same run on any device.
+    mean_c, logvar_c = rvae.encode(batch["clean_input"], batch["clean_std"])
+    z_clean = mean_c + torch.exp(0.5 * logvar_c) * torch.randn(mean_c.shape, generator=gen).to(device)
+    mu, _ = rvae.encode(batch["input"], batch["noise_std"])
     B = mu.shape[0]
     steps = torch.tensor([STEP_CHOICES[i] for i in torch.randint(len(STEP_CHOICES), (B,), generator=gen)])
     k = (torch.rand(B, generator=gen) * steps).long() + 1                 # k-th of N grid points, 1..N
     t = torch.round(sched.t_start * k.float() / steps.float()).long()
     is_start = (k == steps).to(device)
+    x0 = mean_c.detach()
     m_t, v_t = sched.marginal(x0, mu, t)
     eps = torch.randn(mu.shape, generator=gen).to(device)
     x_t = m_t + v_t.sqrt() * eps
+    # DTDM start: mu plus the SDE's noise at t_start; one-step sampling uses mu itself.
     start_noise = torch.where((steps == 1).to(device).view(-1, 1, 1, 1), torch.zeros_like(eps), eps)
     x_start = sched.start_state(mu, start_noise)
-    return torch.where(is_start.view(-1, 1, 1, 1), x_start, x_t), t
-
-
-def training_state(bundle: ModelBundle, batch: dict, gen: torch.Generator, objective: str = "l1") -> dict:
-    """One forward pass of the joint objective; returns the losses."""
-    rvae, denoiser, sched = bundle.rvae, bundle.denoiser, bundle.scheduler
-    device = batch["input"].device
-    mean_c, logvar_c = rvae.encode(batch["clean_input"], batch["clean_std"])
-    z_clean = mean_c + torch.exp(0.5 * logvar_c) * torch.randn(mean_c.shape, generator=gen).to(device)
-    mu, _ = rvae.encode(batch["input"], batch["noise_std"])
-    x0 = mean_c.detach()
-    x_t, t = sampler_state(sched, x0, mu, gen)
+    x_t = torch.where(is_start.view(-1, 1, 1, 1), x_start, x_t)
     noise_lat = F.avg_pool2d(batch["noise_std"], 2)
     x0_hat = denoiser(x_t, mu, batch["color"], noise_lat, sched.time_input(t).to(device))
     decoder = rvae.decoder
@@ -128,49 +116,15 @@ def joint_loss(losses: dict, network_weight: float = 0.0) -> torch.Tensor:
             + network_weight * losses["network"])
 
 
-def optimise(bundle: ModelBundle, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One optimisation step on ``loss``, gradients clipped to norm 1."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(bundle.parameters(), 1.0)
-    opt.step()
-
-
 def train_step(bundle: ModelBundle, opt: torch.optim.Optimizer, batch: dict, gen: torch.Generator,
                objective: str = "l1", network_weight: float = 0.0) -> dict:
-    """One optimisation step of the joint objective; returns the losses."""
+    """One optimisation step of the joint objective (gradients clipped to norm 1); returns the losses."""
     losses = training_state(bundle, batch, gen, objective)
-    optimise(bundle, opt, joint_loss(losses, network_weight))
+    opt.zero_grad(set_to_none=True)
+    joint_loss(losses, network_weight).backward()
+    torch.nn.utils.clip_grad_norm_(bundle.parameters(), 1.0)
+    opt.step()
     return losses
-
-
-def distill_state(student: ModelBundle, teacher: ModelBundle, batch: dict, gen: torch.Generator) -> dict:
-    """The student's denoiser against the teacher's on a state the sampler meets (the teacher's
-    frozen RVAE makes the latents): L1 between their x0 predictions."""
-    rvae, sched = teacher.rvae, teacher.scheduler
-    with torch.no_grad():
-        mu = rvae.encode_mean(batch["input"], batch["noise_std"])
-        x_t, t = sampler_state(sched, rvae.encode_mean(batch["clean_input"], batch["clean_std"]), mu, gen)
-        inputs = (x_t, mu, batch["color"], F.avg_pool2d(batch["noise_std"], 2), sched.time_input(t).to(mu.device))
-        target = teacher.denoiser(*inputs)
-    return {"distill": F.l1_loss(student.denoiser(*inputs), target)}
-
-
-def distill_step(student: ModelBundle, teacher: ModelBundle, opt: torch.optim.Optimizer, batch: dict,
-                 gen: torch.Generator) -> dict:
-    losses = distill_state(student, teacher, batch, gen)
-    optimise(student, opt, losses["distill"])
-    return losses
-
-
-def student_of(teacher: ModelBundle, widths: list[int]) -> ModelBundle:
-    """The teacher's RVAE and scheduler with an untrained denoiser of ``widths`` (inner widths half
-    of them, as the shipped ones have), which starts as the identity (zero-initialised head): one
-    step of it is no diffusion step."""
-    config = {**teacher.config(), "denoiser_widths": list(widths), "denoiser_hidden": [w // 2 for w in widths]}
-    student = fresh_bundle(config)
-    student.rvae.load_state_dict(teacher.rvae.state_dict())
-    return student
 
 
 def fresh_bundle(config: dict | None = None) -> ModelBundle:
@@ -423,9 +377,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--network-loss", type=float, default=0.0, metavar="WEIGHT",
                    help="add WEIGHT x the relative L1 of the network's own render (before the classical "
                         "share) on 4x4 means")
-    p.add_argument("--distill-denoiser", type=int, nargs=3, default=None, metavar=("W0", "W1", "W2"),
-                   help="train a denoiser of these widths per level (inner widths half of them) to reproduce "
-                        "the --init weights' denoiser, their RVAE kept as it is")
     p.add_argument("--headroom", action="store_true",
                    help="measure what the latent diffusion adds to the --init weights, and what a perfect "
                         "latent would add, on --val-size validation samples; then exit")
@@ -446,8 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.calibrate_share:
         share_stage(args, say)
         return
-    if (args.prune or args.widen or args.widen_half or args.distill_denoiser) and not args.init:
-        raise SystemExit("--prune, --widen, --widen-half and --distill-denoiser need --init (the weights to change)")
+    if (args.prune or args.widen or args.widen_half) and not args.init:
+        raise SystemExit("--prune, --widen and --widen-half need --init (the weights to change)")
     train = SyntheticRAWDataset(args.data, "train", crop=args.crop, seed=args.seed,
                                 darktable_profiles=args.darktable_profiles, **CONDITIONS[args.condition])
     # Validation as at inference: the colour condition neither degraded nor restyled.
@@ -462,15 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False, map_location="cpu") if ckpt.exists() else None
-    # With --distill-denoiser the --init weights teach (on a resume too); only the student's denoiser trains.
-    teacher = load_init(args.init)[0].eval().requires_grad_(False) if args.distill_denoiser else None
     if state is not None:  # resume: the networks in the shape they were saved with
         bundle = fresh_bundle(state.get("config"))
-    elif teacher is not None:
-        say(f"config {json.dumps(vars(args))}")
-        bundle = student_of(teacher, args.distill_denoiser)
-        say(f"distilling {args.init}'s denoiser into {json.dumps(bundle.config())}; "
-            f"the teacher's val PSNR (2 steps) {validate(teacher, val):.2f} dB")
     else:
         say(f"config {json.dumps(vars(args))}")
         bundle = fresh_bundle()
@@ -492,10 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     wide = {n for n, _ in bundle.named_parameters()
             if (args.widen and (".decoder.raw_wide." in n or ".decoder.block_wide." in n))
             or (args.widen_half and ".decoder.block_half" in n)}
-    if teacher is not None:
-        bundle.rvae.requires_grad_(False)
-    groups = [{"params": [p for n, p in bundle.named_parameters() if n not in wide and p.requires_grad],
-               "lr_scale": 1.0}]
+    groups = [{"params": [p for n, p in bundle.named_parameters() if n not in wide], "lr_scale": 1.0}]
     if wide:
         groups.append({"params": [p for n, p in bundle.named_parameters() if n in wide], "lr_scale": WIDE_LR_SCALE})
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-4)
@@ -529,8 +470,7 @@ def main(argv: list[str] | None = None) -> None:
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            losses = (distill_step(bundle, teacher, opt, batch, gen) if teacher is not None
-                      else train_step(bundle, opt, batch, gen, args.objective, args.network_loss))
+            losses = train_step(bundle, opt, batch, gen, args.objective, args.network_loss)
             step += 1
             decay = min(0.999, (1 + step) / (10 + step))
             with torch.no_grad():

@@ -99,16 +99,6 @@ def test_tiled_equals_untiled(photo):
     assert float(diff.mean()) < 0.2 / 255
 
 
-def test_the_rvaes_tiles_meet_exactly(photo):
-    """With no diffusion step only the RVAE runs, whose tiles are cut at the middle of their
-    overlap, not blended: that is exact only if the overlap is at least twice the networks'
-    receptive radius (blended, the same tiles differed by up to 0.04 of an 8-bit level)."""
-    raw = noisy_raw(photo, iso=1600)
-    whole = Developer(DevelopOptions(auto_exposure=False, steps=0, tile=1024))
-    small = Developer(DevelopOptions(auto_exposure=False, steps=0, tile=40, overlap=16))
-    assert float((whole.develop(raw) - small.develop(raw)).abs().max()) < 1e-5
-
-
 def test_half_precision_as_on_cuda_gives_the_float32_output(photo):
     """The networks in float16, as ``--device cuda`` runs them (here on the CPU): the classical
     detail must stay in float32 (in half, the demosaic's ratios gave NaN) and the time embedding

@@ -1,5 +1,5 @@
 """Training: the relative L1, the classical share's calibration to per-sample PSNR, pruning, widening,
-distilling the denoiser, interrupting and resuming."""
+interrupting and resuming."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +14,8 @@ from rawrestore.conditioning import upsample_condition
 from rawrestore.models.rvae import ClassicalShare, coarse_band
 from rawrestore.pipeline import develop_latent
 from rawrestore.schedulers import IRSDEScheduler
-from rawrestore.train import (calibrate_share, distill_state, distill_step, fresh_bundle, joint_loss, latent_headroom,
-                              load_init, prune_inner, relative_l1, share_psnr, student_of, train_step, training_state)
+from rawrestore.train import (calibrate_share, fresh_bundle, joint_loss, latent_headroom, load_init, prune_inner,
+                              relative_l1, share_psnr, train_step, training_state)
 from rawrestore.weights import ModelBundle, load_bundle, save_bundle, with_current_bands
 
 
@@ -202,36 +202,6 @@ def test_training_steps_lower_the_joint_loss():
         train_step(bundle, opt, batch, gen, "relative")
     assert bundle.rvae.decoder.classical_share.logit.weight.abs().sum() > 0
     assert loss() < 0.8 * before
-
-
-def test_a_distilled_denoiser_learns_the_teachers_and_leaves_the_rvae_alone():
-    torch.manual_seed(0)
-    teacher, batch = fresh_bundle().eval(), _batch()
-    with torch.no_grad():  # a teacher whose denoiser does something (its head starts at zero)
-        teacher.denoiser.head.weight.normal_(0, 0.05)
-        teacher.denoiser.head.bias.normal_(0, 0.05)
-    student = student_of(teacher, [8, 16, 32])
-    assert student.config()["denoiser_widths"] == [8, 16, 32]
-    assert student.config()["denoiser_hidden"] == [4, 8, 16]
-    # The untrained student is the identity: its one step is no diffusion step.
-    noisy = (batch["input"], batch["noise_std"], batch["color"], batch["detail"])
-    with torch.no_grad():
-        torch.testing.assert_close(develop_latent(student, *noisy, 1), develop_latent(student, *noisy, 0))
-    rvae_before = {k: v.clone() for k, v in student.rvae.state_dict().items()}
-    student.rvae.requires_grad_(False)
-
-    def loss() -> float:
-        with torch.no_grad():
-            return float(distill_state(student, teacher, batch, torch.Generator().manual_seed(0))["distill"])
-
-    before = loss()
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=3e-3)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(30):
-        distill_step(student, teacher, opt, batch, gen)
-    assert loss() < 0.5 * before
-    for key, value in student.rvae.state_dict().items():
-        torch.testing.assert_close(value, rvae_before[key])
 
 
 def test_the_network_loss_reaches_the_render_the_share_hides():
