@@ -13,6 +13,10 @@ Prop. 3.2, generalised from one step to a jump t -> s (s < t):
     x_s = mu + A (1 - C^2)/(1 - B^2) (x_t - mu) + C (1 - A^2)/(1 - B^2) (x0 - mu)
           + lambda sqrt((1 - A^2)(1 - C^2)/(1 - B^2)) z
 No network lives here: the sampler takes a denoiser callable (x_t, t) -> x0 (k-diffusion style).
+
+``noise_scale`` (optional, shaped like mu) makes lambda per element: lambda x noise_scale. With
+the data's own noise std there, the SDE's stationary noise has the degradation's scale
+everywhere (a data value at ISO 100 and one at ISO 102400 differ by two decades in noise).
 """
 from __future__ import annotations
 
@@ -42,10 +46,14 @@ class IRSDEScheduler:
         """exp(-thetabar_t dt): how much of (x0 - mu) is left in the mean at time t."""
         return torch.exp(-self.thetabar[torch.as_tensor(t)] * self.dt).float()
 
-    def marginal(self, x0: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def marginal(self, x0: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+                 noise_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(m_t, v_t) of the forward SDE, per sample; t is a (B,) long tensor."""
         b = self.decay(t).view(-1, *[1] * (x0.dim() - 1)).to(x0)
-        return mu + (x0 - mu) * b, self.lam ** 2 * (1 - b ** 2)
+        return mu + (x0 - mu) * b, self._lam(noise_scale) ** 2 * (1 - b ** 2)
+
+    def _lam(self, noise_scale: torch.Tensor | None) -> torch.Tensor | float:
+        return self.lam if noise_scale is None else self.lam * noise_scale
 
     def timesteps(self, num_steps: int) -> list[int]:
         """The N-step grid from t_start down to 0 (inclusive of both ends); no steps: t_start alone."""
@@ -55,14 +63,15 @@ class IRSDEScheduler:
             return [self.t_start]
         return [round(self.t_start * k / num_steps) for k in range(num_steps, -1, -1)]
 
-    def start_state(self, mu: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def start_state(self, mu: torch.Tensor, noise: torch.Tensor | None,
+                    noise_scale: torch.Tensor | None = None) -> torch.Tensor:
         """DTDM start: the degraded latent with the SDE's noise at t_start (none: its mean)."""
         if noise is None:
             return mu
-        return mu + math.sqrt(self.lam ** 2 * (1 - float(self.decay(self.t_start)) ** 2)) * noise
+        return mu + self._lam(noise_scale) * math.sqrt(1 - float(self.decay(self.t_start)) ** 2) * noise
 
     def step(self, x0: torch.Tensor, t: int, s: int, x_t: torch.Tensor, mu: torch.Tensor,
-             noise: torch.Tensor | None) -> torch.Tensor:
+             noise: torch.Tensor | None, noise_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Posterior step t -> s given the predicted x0 (generalised Prop. 3.2, see module doc)."""
         if s == 0:
             return x0
@@ -72,7 +81,7 @@ class IRSDEScheduler:
         mean = mu + A * (1 - C ** 2) / (1 - B ** 2) * (x_t - mu) + C * (1 - A ** 2) / (1 - B ** 2) * (x0 - mu)
         if noise is None:
             return mean
-        return mean + self.lam * math.sqrt((1 - A ** 2) * (1 - C ** 2) / (1 - B ** 2)) * noise
+        return mean + self._lam(noise_scale) * math.sqrt((1 - A ** 2) * (1 - C ** 2) / (1 - B ** 2)) * noise
 
     def time_input(self, t: int | torch.Tensor) -> torch.Tensor:
         """The network's time input in [0, 1]."""
@@ -80,7 +89,8 @@ class IRSDEScheduler:
 
 
 def sample(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mu: torch.Tensor,
-           scheduler: IRSDEScheduler, num_steps: int, noises: list[torch.Tensor] | None = None) -> torch.Tensor:
+           scheduler: IRSDEScheduler, num_steps: int, noises: list[torch.Tensor] | None = None,
+           noise_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Few-step IR-SDE posterior sampling from the DTDM start.
 
     ``denoiser(x_t, t_input) -> x0``. ``noises`` holds num_steps tensors shaped like mu: the
@@ -90,9 +100,9 @@ def sample(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mu: t
     """
     grid = scheduler.timesteps(num_steps)
     stochastic = num_steps > 1 and noises is not None
-    x = scheduler.start_state(mu, noises[0] if stochastic else None)
+    x = scheduler.start_state(mu, noises[0] if stochastic else None, noise_scale)
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
         t_in = scheduler.time_input(t).to(mu.device).expand(mu.shape[0])
         x0 = denoiser(x, t_in)
-        x = scheduler.step(x0, t, s, x, mu, noises[i + 1] if stochastic and s > 0 else None)
+        x = scheduler.step(x0, t, s, x, mu, noises[i + 1] if stochastic and s > 0 else None, noise_scale)
     return x

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .loop import train
+from .loop import export, train
 from .recipe import Recipe
 
 
@@ -19,11 +19,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, default=None, help="run folder (default runs/RECIPE-NAME)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=None)
+    parser.add_argument("--export", type=Path, default=None,
+                        help="write the run's current weights to this .safetensors file and exit")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = Recipe.load(args.recipe)
     run_dir = args.run or Path("runs") / recipe.name
+    if args.export:
+        print(export(recipe, run_dir, args.export, {}))
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     log = (run_dir / "train.log").open("a")
 

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from ..isp import demosaic, srgb_encode
 from ..models.core import CoreModel, latent_from_packed, model_inputs, stabilised
-from ..schedulers.irsde import IRSDEScheduler, sample
+from ..restore import sample_restored, save_core
+from ..schedulers.irsde import IRSDEScheduler
 from .recipe import Recipe, Stage
 from .synthesis import PhotoPool, RawBatch, RawSynthesizer
 
@@ -46,18 +47,16 @@ def scheduler_of(recipe: Recipe) -> IRSDEScheduler:
 
 def restore(model: CoreModel, scheduler: IRSDEScheduler, batch: RawBatch, steps: int,
             generator: torch.Generator | None = None) -> torch.Tensor:
-    """The restored latent of a batch by ``steps`` IR-SDE steps (1: deterministic)."""
+    """The restored latent of a batch by ``steps`` IR-SDE steps (1, or no generator: deterministic)."""
     mu, std = model_inputs(batch.noisy, batch.noise, batch.wb, model.config)
     noises = None
     if steps > 1 and generator is not None:
         noises = [torch.randn(mu.shape, generator=generator) for _ in range(steps)]
-    start = torch.ones(mu.shape[0])
 
-    def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        flag = start if bool((x_t == mu).all()) else torch.zeros_like(start)
-        return model.restorer(x_t, mu, std, flag, t)
+    def restorer(x_t: torch.Tensor, start: float, t: torch.Tensor) -> torch.Tensor:
+        return model.restorer(x_t, mu, std, torch.full((mu.shape[0],), start), t.expand(mu.shape[0]))
 
-    return sample(denoiser, mu, scheduler, steps, noises)
+    return sample_restored(restorer, mu, std, scheduler, steps, noises)
 
 
 def losses(model: CoreModel, stage: Stage, scheduler: IRSDEScheduler, batch: RawBatch,
@@ -72,7 +71,7 @@ def losses(model: CoreModel, stage: Stage, scheduler: IRSDEScheduler, batch: Raw
     start = torch.rand(size, generator=gen) < stage.start_fraction
     t = torch.randint(1, scheduler.t_start + 1, (size,), generator=gen)
     t = torch.where(start, torch.full_like(t, scheduler.t_start), t)
-    mean, var = scheduler.marginal(x0, mu, t)
+    mean, var = scheduler.marginal(x0, mu, t, std)
     x_t = mean + var.sqrt() * torch.randn(mu.shape, generator=gen)
     x_t = torch.where(start.view(-1, 1, 1, 1), mu, x_t)
     pred = model.restorer(x_t, mu, std, start.float(), scheduler.time_input(t))
@@ -245,3 +244,20 @@ def _with_ema(model: CoreModel, module: torch.nn.Module, ema: dict[str, torch.Te
         return fn()
     finally:
         module.load_state_dict(live)
+
+
+def export(recipe: Recipe, run_dir: Path, path: Path, info: dict[str, str]) -> Path:
+    """The run's weights as a shipped core weights file: the EMA of the stage in progress, the
+    finished stages' weights as they ended."""
+    state = Checkpoint(run_dir).load()
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}")
+    tensors, meta = state
+    model = CoreModel(recipe.model)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if meta["stage"] < len(recipe.stages) and meta["samples"] > 0:
+        trained_module(model, recipe.stages[meta["stage"]]).load_state_dict(
+            {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+    return save_core(model, scheduler_of(recipe), path, {"recipe": recipe.name, "recipe_digest": recipe.digest,
+                                                         "stage": str(meta["stage"]), "samples": str(meta["samples"]),
+                                                         **info})
