@@ -24,6 +24,7 @@ from .conditioning import binned_linear, model_input, render_condition, render_d
 from .isp import crop_back, develop_classical, exposure_gain, normalized_rggb, orient, pack
 from .noise import estimate_noise
 from .rawio import RawImage
+from .restore import CoreWeights, is_core_weights, load_core, render, restored_raw
 from .styles import get_style
 
 DEFAULT_STEPS = 1  # 2, 4 and 8 measured no better with the shipped weights (README)
@@ -89,6 +90,7 @@ class Developer:
         self.style = get_style(opts.style)  # raises StyleError before any file is read
         keep_freed_memory()
         self.model = None
+        self.core: CoreWeights | None = None
         if not opts.classical:
             if opts.steps not in (NO_DIFFUSION, *STEP_CHOICES):
                 raise ValueError(f"steps must be {NO_DIFFUSION} (no diffusion step) or one of "
@@ -98,9 +100,15 @@ class Developer:
             self.device = resolve_device(opts.device)
             if self.device.type == "cpu":
                 torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-            self.model = load_weights(opts.weights).to(self.device)
             self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-            self.model = self.model.to(self.dtype).to(memory_format=torch.channels_last)
+            if opts.weights not in (None, "hub") and is_core_weights(opts.weights):
+                # The RAW-domain core (restore.py): restores the RAW, the ISP renders it.
+                self.core = load_core(opts.weights)
+                self.core.model.to(self.device, self.dtype)
+                self.model = self.core.model
+            else:
+                self.model = load_weights(opts.weights).to(self.device)
+                self.model = self.model.to(self.dtype).to(memory_format=torch.channels_last)
 
     def uses_model(self, raw: RawImage) -> bool:
         return self.model is not None and raw.is_bayer
@@ -110,6 +118,9 @@ class Developer:
         if not self.uses_model(raw):
             image = develop_classical(raw, exposure_ev=opts.exposure_ev, auto_exposure=opts.auto_exposure)
             return self.style(image)
+        if self.core is not None:
+            native = restored_raw(self.core, raw, opts.steps, opts.seed, opts.tile, self.device, self.dtype)
+            return self.style(render(native, raw, opts.exposure_ev, opts.auto_exposure))
         return self._develop_model(raw)
 
     @torch.inference_mode()
