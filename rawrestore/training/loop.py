@@ -206,9 +206,12 @@ def train(recipe: Recipe, data_root: Path, run_dir: Path, say: Callable[[str], N
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
             opt.step()
+            # EMA with a warm-up (decay (1 + k) / (10 + k) until it reaches the recipe's), so that the
+            # initial weights do not linger in it for thousands of steps.
+            decay = min(stage.ema, (1 + k) / (10 + k))
             with torch.no_grad():
                 for name, value in module.state_dict().items():
-                    ema[name].lerp_(value, 1 - stage.ema) if value.is_floating_point() else ema[name].copy_(value)
+                    ema[name].lerp_(value, 1 - decay) if value.is_floating_point() else ema[name].copy_(value)
             samples += stage.batch
             loss_sum, loss_count = loss_sum + float(loss.detach()), loss_count + 1
             now = time.monotonic()
