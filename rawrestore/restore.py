@@ -29,6 +29,7 @@ from .schedulers.irsde import IRSDEScheduler, sample
 WEIGHTS_FORMAT = "rawrestore-core"
 RESTORER_OVERLAP = 24    # latent pixels: the UNet's reach at its coarsest level, with room
 DECODER_OVERLAP = 16     # latent pixels: over twice the decoder's receptive radius (about 7)
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -92,7 +93,7 @@ def sample_restored(restorer: Callable[[torch.Tensor, float, torch.Tensor], torc
 
 
 def restore_packed(weights: CoreWeights, packed: torch.Tensor, noise: tuple[float, float], wb: np.ndarray,
-                   steps: int, seed: int = 0, tile: int = 256, device: torch.device = torch.device("cpu"),
+                   steps: int, seed: int = 0, tile: int = 256, device: torch.device = CPU,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(4, h, w) packed native mosaic, h and w multiples of 8 -> white-balanced restored RGB (3, 2h, 2w).
 
@@ -124,7 +125,7 @@ def restore_packed(weights: CoreWeights, packed: torch.Tensor, noise: tuple[floa
 
 @torch.inference_mode()
 def restored_raw(weights: CoreWeights, raw: RawImage, steps: int, seed: int = 0, tile: int = 256,
-                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 device: torch.device = CPU, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The restored RAW of a Bayer frame: linear camera-native RGB (3, H, W), unclipped, not oriented."""
     h, w = raw.mosaic.shape
     mosaic, offset = normalized_rggb(raw)

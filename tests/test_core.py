@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from rawrestore.isp import normalized_rggb, pack
-from rawrestore.models.core import (CoreConfig, CoreModel, latent_from_packed, model_inputs, stabilised,
-                                    unstabilised)
+from rawrestore.models.core import CoreConfig, CoreModel, latent_from_packed, model_inputs, stabilised, unstabilised
 from rawrestore.rawio import read_raw
 from rawrestore.restore import load_core, render, restored_raw, save_core
 from rawrestore.schedulers.irsde import IRSDEScheduler
@@ -60,7 +59,7 @@ def test_round_trip_at_the_cfa_sites_is_lossless():
     packed = torch.rand(2, 4, 32, 48) * 1.6
     with torch.no_grad():
         rgb = model.decoder(latent_from_packed(packed, model.config))
-    for image, truth in zip(rgb, packed):
+    for image, truth in zip(rgb, packed, strict=True):
         encoded = [stabilised(v.clamp_min(0), 1e-3) for v in (sites_of(image), truth)]
         assert psnr(*encoded) >= 50
 
@@ -162,7 +161,7 @@ def photo_root(tmp_path: Path) -> Path:
         if is_val == (len(names) == 0):  # the first one a validation photo, the others training ones
             names.append(name)
         i += 1
-    for name, photo in zip(names, photos):
+    for name, photo in zip(names, photos, strict=True):
         iio.imwrite(root / "photos" / name, photo[:160, :160])
     return root
 

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -102,12 +103,13 @@ class Checkpoint:
     def __init__(self, run_dir: Path):
         self.tensors, self.meta = run_dir / "checkpoint.safetensors", run_dir / "checkpoint.json"
 
-    def save(self, model: CoreModel, ema: dict[str, torch.Tensor], opt: torch.optim.Optimizer, meta: dict) -> None:
+    def save(self, model: CoreModel, ema: dict[str, torch.Tensor], opt: torch.optim.Optimizer | None,
+             meta: dict) -> None:
         tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         tensors.update({f"ema.{k}": v.clone().contiguous() for k, v in ema.items()})
-        params = [p for group in opt.param_groups for p in group["params"]]
+        params = [p for group in opt.param_groups for p in group["params"]] if opt is not None else []
         for i, p in enumerate(params):
-            for key, value in opt.state.get(p, {}).items():
+            for key, value in opt.state.get(p, {}).items():  # type: ignore[union-attr]
                 if torch.is_tensor(value):
                     tensors[f"opt.{i}.{key}"] = value.clone().contiguous()
         for path, write in ((self.tensors, lambda p: save_file(tensors, str(p))),
@@ -134,111 +136,130 @@ def learning_rate(stage: Stage, samples: int) -> float:
     return stage.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@dataclass
+class TrainingData:
+    synth: RawSynthesizer
+    val: list[RawBatch]          # fixed validation batches (validation photos)
+
+    @classmethod
+    def of(cls, recipe: Recipe, data_root: Path) -> TrainingData:
+        roots = [data_root / p for p in recipe.photos]
+        camconst = recipe.camconst and (Path(recipe.camconst) if Path(recipe.camconst).is_absolute()
+                                        else data_root / recipe.camconst)
+        profiles = recipe.darktable_profiles and data_root / recipe.darktable_profiles
+        synth = RawSynthesizer(PhotoPool(roots, "train"), camconst, profiles, recipe.synthesis)
+        val_synth = RawSynthesizer(PhotoPool(roots, "val"), camconst, profiles, recipe.synthesis)
+        val = [val_synth.batch(np.random.default_rng([recipe.seed, 10_000, i]), 8) for i in range(4)]
+        return cls(synth, val)
+
+
+class Stopper:
+    """SIGINT/SIGTERM or a time limit ask the loop to checkpoint and stop."""
+
+    def __init__(self, max_seconds: float | None):
+        self.requested, self.deadline = False, max_seconds and time.monotonic() + max_seconds
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._request)
+
+    def _request(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+    @property
+    def now(self) -> bool:
+        return self.requested or bool(self.deadline and time.monotonic() > self.deadline)
+
+
 def train(recipe: Recipe, data_root: Path, run_dir: Path, say: Callable[[str], None] = print,
           max_seconds: float | None = None) -> CoreModel:
-    """Run (or resume) every stage of ``recipe``; returns the model with its EMA weights."""
+    """Run (or resume) every stage of ``recipe``; returns the model, each finished stage's
+    network holding its EMA weights."""
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     model = CoreModel(recipe.model)
-    scheduler = scheduler_of(recipe)
-    roots = [data_root / p for p in recipe.photos]
-    camconst = recipe.camconst and (Path(recipe.camconst) if Path(recipe.camconst).is_absolute()
-                                    else data_root / recipe.camconst)
-    profiles = recipe.darktable_profiles and data_root / recipe.darktable_profiles
-    synth = RawSynthesizer(PhotoPool(roots, "train"), camconst, profiles, recipe.synthesis)
-    val_synth = RawSynthesizer(PhotoPool(roots, "val"), camconst, profiles, recipe.synthesis)
-    say(f"recipe {recipe.name} ({recipe.digest}): {len(synth.pool.paths)} photos, "
-        f"{len(synth.camera_names)} cameras, {len(synth.darktable)} darktable profiles")
-    val = [val_synth.batch(np.random.default_rng([recipe.seed, 10_000, i]), 8) for i in range(4)]
+    data = TrainingData.of(recipe, data_root)
+    say(f"recipe {recipe.name} ({recipe.digest}): {len(data.synth.pool.paths)} photos, "
+        f"{len(data.synth.camera_names)} cameras, {len(data.synth.darktable)} darktable profiles")
     checkpoint = Checkpoint(run_dir)
-    state = checkpoint.load()
+    saved = checkpoint.load()
     stage_index, samples = 0, 0
-    if state is not None:
-        tensors, meta = state
+    if saved is not None:
+        tensors, meta = saved
         if meta["recipe"] != recipe.digest:
             say(f"warning: the checkpoint was made by recipe {meta['recipe']}, this is {recipe.digest}")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         stage_index, samples = meta["stage"], meta["samples"]
         say(f"resumed at stage {stage_index}, {samples} samples")
-    stop = {"now": False}
-
-    def request_stop(signum: int, _frame: object) -> None:
-        stop["now"] = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request_stop)
-    began = time.monotonic()
+    stopper = Stopper(max_seconds)
     while stage_index < len(recipe.stages):
-        stage = recipe.stages[stage_index]
-        module = trained_module(model, stage)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in module.parameters():
-            p.requires_grad_(True)
-        opt = torch.optim.AdamW(module.parameters(), lr=stage.lr, weight_decay=0.0)
-        ema = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        if state is not None and samples > 0:
-            tensors, meta = state
-            ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
-            params = list(module.parameters())
-            for i, p in enumerate(params):
-                if f"opt.{i}.exp_avg" in tensors:
-                    opt.state[p] = {"step": tensors[f"opt.{i}.step"], "exp_avg": tensors[f"opt.{i}.exp_avg"],
-                                    "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"]}
-        state = None
-        say(f"stage {stage_index} ({stage.kind}): {samples}/{stage.samples} samples; "
-            f"{sum(p.numel() for p in module.parameters())} parameters")
-        last_save = last_log = time.monotonic()
-        logged_samples, loss_sum, loss_count = samples, 0.0, 0
-
-        def save() -> None:
-            checkpoint.save(model, ema, opt, {"recipe": recipe.digest, "stage": stage_index, "samples": samples})
-
-        while samples < stage.samples:
-            k = samples // stage.batch
-            rng = np.random.default_rng([recipe.seed, stage_index, k])
-            batch = synth.batch(rng, stage.batch)
-            gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(stage, samples)
-            loss = losses(model, stage, scheduler, batch, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-            opt.step()
-            # EMA with a warm-up (decay (1 + k) / (10 + k) until it reaches the recipe's), so that the
-            # initial weights do not linger in it for thousands of steps.
-            decay = min(stage.ema, (1 + k) / (10 + k))
-            with torch.no_grad():
-                for name, value in module.state_dict().items():
-                    ema[name].lerp_(value, 1 - decay) if value.is_floating_point() else ema[name].copy_(value)
-            samples += stage.batch
-            loss_sum, loss_count = loss_sum + float(loss.detach()), loss_count + 1
-            now = time.monotonic()
-            if now - last_log > 60:
-                say(f"stage {stage_index} samples {samples} loss {loss_sum / loss_count:.5f} "
-                    f"{(samples - logged_samples) / (now - last_log):.2f} samples/s lr {learning_rate(stage, samples):.2e}")
-                last_log, logged_samples, loss_sum, loss_count = now, samples, 0.0, 0
-            out_of_time = max_seconds is not None and now - began > max_seconds
-            if now - last_save > CHECKPOINT_SECONDS or stop["now"] or out_of_time:
-                save()
-                last_save = now
-                scores = _with_ema(model, module, ema, lambda: validate(model, stage, scheduler, val[:2]))
-                say(f"checkpoint at {samples}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items()))
-            if stop["now"] or out_of_time:
-                say("stopped; the same command resumes")
-                return model
-        module.load_state_dict(ema)
-        scores = validate(model, stage, scheduler, val)
-        say(f"stage {stage_index} done: " + ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items()))
-        stage_index, samples = stage_index + 1, 0
-        checkpoint.save(model, {k: v.detach().clone() for k, v in trained_module(model, recipe.stages[min(
-            stage_index, len(recipe.stages) - 1)]).state_dict().items()}, opt,
-            {"recipe": recipe.digest, "stage": stage_index, "samples": 0})
+        resume = saved[0] if saved is not None and samples > 0 else None
+        if not run_stage(recipe, stage_index, samples, model, data, checkpoint, resume, stopper, say):
+            return model
+        saved, stage_index, samples = None, stage_index + 1, 0
+        checkpoint.save(model, {}, None, {"recipe": recipe.digest, "stage": stage_index, "samples": 0})
     return model
 
 
-def _with_ema(model: CoreModel, module: torch.nn.Module, ema: dict[str, torch.Tensor],
+def run_stage(recipe: Recipe, stage_index: int, samples: int, model: CoreModel, data: TrainingData,
+              checkpoint: Checkpoint, resume: dict[str, torch.Tensor] | None, stopper: Stopper,
+              say: Callable[[str], None]) -> bool:
+    """One stage from ``samples`` on; True when it finished (its network then holds its EMA)."""
+    stage = recipe.stages[stage_index]
+    scheduler = scheduler_of(recipe)
+    module = trained_module(model, stage)
+    model.requires_grad_(False)
+    module.requires_grad_(True)
+    opt = torch.optim.AdamW(module.parameters(), lr=stage.lr, weight_decay=0.0)
+    ema = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if resume is not None:
+        ema = {k[len("ema."):]: v for k, v in resume.items() if k.startswith("ema.")}
+        for i, p in enumerate(module.parameters()):
+            if f"opt.{i}.exp_avg" in resume:
+                opt.state[p] = {key: resume[f"opt.{i}.{key}"] for key in ("step", "exp_avg", "exp_avg_sq")}
+    say(f"stage {stage_index} ({stage.kind}): {samples}/{stage.samples} samples; "
+        f"{sum(p.numel() for p in module.parameters())} parameters")
+    last_save = last_log = time.monotonic()
+    logged_samples, loss_sum, loss_count = samples, 0.0, 0
+    while samples < stage.samples:
+        k = samples // stage.batch
+        rng = np.random.default_rng([recipe.seed, stage_index, k])
+        batch = data.synth.batch(rng, stage.batch)
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(stage, samples)
+        loss = losses(model, stage, scheduler, batch, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        # EMA with a warm-up (decay (1 + k) / (10 + k) until it reaches the recipe's), so that the
+        # initial weights do not linger in it for thousands of steps.
+        decay = min(stage.ema, (1 + k) / (10 + k))
+        with torch.no_grad():
+            for name, value in module.state_dict().items():
+                ema[name].lerp_(value, 1 - decay) if value.is_floating_point() else ema[name].copy_(value)
+        samples += stage.batch
+        loss_sum, loss_count = loss_sum + float(loss.detach()), loss_count + 1
+        now = time.monotonic()
+        if now - last_log > 60:
+            rate = (samples - logged_samples) / (now - last_log)
+            say(f"stage {stage_index} samples {samples} loss {loss_sum / loss_count:.5f} {rate:.2f} samples/s "
+                f"lr {learning_rate(stage, samples):.2e}")
+            last_log, logged_samples, loss_sum, loss_count = now, samples, 0.0, 0
+        if now - last_save > CHECKPOINT_SECONDS or stopper.now:
+            checkpoint.save(model, ema, opt, {"recipe": recipe.digest, "stage": stage_index, "samples": samples})
+            last_save = now
+            scores = _with_ema(module, ema, lambda: validate(model, stage, scheduler, data.val[:2]))
+            say(f"checkpoint at {samples}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items()))
+        if stopper.now:
+            say("stopped; the same command resumes")
+            return False
+    module.load_state_dict(ema)
+    scores = validate(model, stage, scheduler, data.val)
+    say(f"stage {stage_index} done: " + ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items()))
+    return True
+
+
+def _with_ema(module: torch.nn.Module, ema: dict[str, torch.Tensor],
               fn: Callable[[], dict[str, float]]) -> dict[str, float]:
     """``fn()`` evaluated with the EMA weights in ``module``, the live weights restored after."""
     live = {k: v.detach().clone() for k, v in module.state_dict().items()}

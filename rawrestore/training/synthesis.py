@@ -201,9 +201,10 @@ class RawSynthesizer:
 
         # What the model is told of the noise: var = a x + b in the file's units, a little off, as
         # a blind estimate is.
-        read_var = read[:, 0, 0, 0] ** 2 * torch.where(gaussian[:, 0, 0, 0], torch.ones(size), _tukey_variance(lam))
-        a = K[:, 0, 0, 0] * ratio[:, 0, 0, 0] / W[:, 0, 0, 0]
-        b = (read_var + row[:, 0, 0, 0] ** 2 + colstd[:, 0, 0, 0] ** 2 + 1 / 12) * (ratio[:, 0, 0, 0] / W[:, 0, 0, 0]) ** 2
+        K, read, lam, row, colstd, ratio, W = (v.flatten() for v in (K, read, lam, row, colstd, ratio, W))
+        read_var = read ** 2 * torch.where(torch.isnan(lam), torch.ones(size), _tukey_variance(lam))
+        a = K * ratio / W
+        b = (read_var + row ** 2 + colstd ** 2 + 1 / 12) * (ratio / W) ** 2
         error = torch.as_tensor(np.exp(rng.normal(0, c.noise_told_error, (size, 2))), dtype=torch.float32)
         return RawBatch(clean=sites * site_gain, noisy=noisy * site_gain, noise=torch.stack([a, b], 1) * error,
                         wb=wb, target=target, gain=gain,
