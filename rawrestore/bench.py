@@ -15,6 +15,10 @@
 3. scores the same pixels for all (an interior crop, since RawTherapee drops a 4 px border):
    PSNR, SSIM, mean CIEDE2000, and two texture measures, GMSD and the high-frequency energy ratio.
 
+Superseded by :mod:`rawrestore.evaluation.bench` (issue 22's frozen set: held-out cameras, sharp
+photos too, more scores), whose methods and metrics this one shares; kept while the README's
+figures come from this set.
+
 The set lives in ``~/.cache/rawrestore/bench/<hash>`` (``--workdir`` changes the root); the hash
 covers the generator's source and the options that define the set, so a changed noise model or
 unprocessing never reuses stale files. The tables and every number (JSON) are written beside it.
@@ -24,85 +28,57 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .dataset import list_photos, load_photo
-from .isp import develop_classical
+from .dataset import IMAGE_EXTENSIONS, list_photos, load_photo
+from .evaluation.bench import evaluate
+from .evaluation.bench_set import DEFAULT_PHOTOS, DEFAULT_ROOT, Level, Shot, centre_crop, load_gt
+from .evaluation.bench_set import LEVELS as FROZEN_LEVELS
+from .evaluation.methods import ModelOptions, make_methods
+from .evaluation.metrics import BORDER
+from .evaluation.report import method_notes, seconds_per_mp
 from .noise import eld_cameras, eld_noise
-from .rawio import read_raw
 from .unprocess import optical_blur, random_camera, synthesize, write_synthetic_dng
 
-DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "srgb"
-DEFAULT_ROOT = Path.home() / ".cache" / "rawrestore" / "bench"
 # Real lenses deliver a slightly soft image to the sensor; these photos are sharp to the pixel, which
 # would make the benchmark a demosaic test. 0.7 px, as in the peers' synthetic test DNG (peers.md).
 OPTICS_BLUR_SIGMA = 0.7
-BORDER = 8  # px dropped on every side for every method: RawTherapee crops 4 px, demosaic edges differ
 EXPOSURE_NOTE = ("exposure normalisation: none needed — DNG data are at the ground truth's exposure; "
                  "no method gets auto-brightening or GT-based rescaling")
 # What defines the synthetic set: a change to any of these files, or a new SET_VERSION (bump it when
 # build_set changes), makes a new set instead of reusing stale files.
 SET_VERSION = 1
 _GENERATOR_SOURCES = ("unprocess.py", "noise.py", "dng.py", "isp.py", "rawio.py", "data/eld_noise.json")
+BASE_METHODS = ("libraw-ahd", "libraw-nr", "classical", "classical+nlm", "rawtherapee", "darktable")
 
 
 # --- The set -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Level:
-    name: str
-    label: str
-    iso: float
-    ratio: float = 1.0  # low-light exposure ratio (digital gain applied back)
-
-
-LEVELS = {level.name: level for level in (
-    Level("iso100", "ISO 100", 100),
-    Level("iso1600", "ISO 1600", 1600),
-    Level("iso6400", "ISO 6400", 6400),
-    Level("iso25600", "ISO 25600", 25600),
-    Level("x30", "low light x30", 400, 30),
-    Level("x100", "low light x100", 400, 100),
-)}
-
-
-@dataclass
-class Shot:
-    """One noisy DNG of the set and its ground truth."""
-
-    image: str
-    level: str
-    dng: Path
-    gt: Path
+# The frozen set's levels but ISO 102400, which this older set never had.
+LEVELS = {name: level for name, level in FROZEN_LEVELS.items() if name != "iso102400"}
 
 
 def select_photos(roots: Sequence[Path], count: int) -> list[Path]:
     """``count`` validation photos spread evenly over the sorted list (so every source is used)."""
     photos = list_photos(list(roots), "val")
     if not photos:
-        raise SystemExit(f"no validation photos under {', '.join(map(str, roots))}")
+        missing = " (no such folder)" if not any(Path(root).is_dir() for root in roots) else ""
+        print(f"error: no validation photos under {', '.join(map(str, roots))}{missing}: the benchmark makes its "
+              f"noisy RAW files from clean photos ({', '.join(sorted(IMAGE_EXTENSIONS))}; those whose file name "
+              "falls in the validation split, about 1 in 6); give a folder of them with --photos DIR",
+              file=sys.stderr)
+        raise SystemExit(2)  # a usage error, as the CLI's
     picks = np.unique(np.linspace(0, len(photos) - 1, min(count, len(photos))).round().astype(int))
     return [photos[i] for i in picks]
-
-
-def centre_crop(photo: torch.Tensor, size: int) -> torch.Tensor:
-    """The centre of a (3, H, W) photo, at most size x size, even sides (whole Bayer quads)."""
-    _, h, w = photo.shape
-    ch, cw = min(size, h) // 2 * 2, min(size, w) // 2 * 2
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return photo[:, top:top + ch, left:left + cw]
 
 
 def set_hash(photos: Sequence[Path], size: int, seed: int) -> str:
@@ -152,302 +128,6 @@ def build_set(workdir: Path, photos: Sequence[Path], size: int, levels: Sequence
     return shots
 
 
-def load_gt(path: Path) -> np.ndarray:
-    return np.load(path).astype(np.float32) / 65535.0
-
-
-# --- Metrics -----------------------------------------------------------------------------------
-
-def interior(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The interior crop (``BORDER`` px off the ground truth's sides) of an output that may have lost
-    a centred border of its own (RawTherapee), as (h, w, 3) float."""
-    h, w = shape
-    dy, dx = (h - image.shape[0]) // 2, (w - image.shape[1]) // 2
-    if not (0 <= dy <= BORDER and 0 <= dx <= BORDER):
-        raise ValueError(f"output {image.shape[:2]} cannot be aligned to ground truth {shape}")
-    return image[BORDER - dy:h - BORDER - dy, BORDER - dx:w - BORDER - dx]
-
-
-def psnr(output: np.ndarray, target: np.ndarray) -> float:
-    mse = float(np.mean((output.astype(np.float64) - target) ** 2))
-    return 10 * np.log10(1.0 / max(mse, 1e-12))
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def gmsd(output: np.ndarray, target: np.ndarray) -> float:
-    """Gradient magnitude similarity deviation (Xue et al., IEEE TIP 2014), on full-resolution luma
-    (no 2x downsampling, so the finest texture counts). 0 = identical gradients; lower is better."""
-    from scipy.ndimage import prewitt
-
-    def magnitude(y):
-        return np.hypot(prewitt(y, axis=0) / 3, prewitt(y, axis=1) / 3)
-
-    m_out, m_gt = magnitude(_luma(output)), magnitude(_luma(target))
-    c = 170 / 255 ** 2  # the paper's constant, for data in [0, 1]
-    similarity = (2 * m_out * m_gt + c) / (m_out ** 2 + m_gt ** 2 + c)
-    return float(similarity.std())
-
-
-def hf_ratio(output: np.ndarray, target: np.ndarray) -> float:
-    """Laplacian energy of the output over the ground truth's: 1 = as much fine detail; below 1
-    smoothed away, above 1 noise or artefacts added."""
-    from scipy.ndimage import laplace
-
-    return float(np.sum(laplace(_luma(output)) ** 2) / max(np.sum(laplace(_luma(target)) ** 2), 1e-12))
-
-
-def score(output: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    from skimage.color import deltaE_ciede2000, rgb2lab
-    from skimage.metrics import structural_similarity
-
-    out = np.clip(interior(output, gt.shape[:2]), 0, 1)
-    ref = interior(gt, gt.shape[:2])
-    return {"psnr": psnr(out, ref),
-            "ssim": float(structural_similarity(out, ref, channel_axis=2, data_range=1.0)),
-            "de00": float(deltaE_ciede2000(rgb2lab(ref), rgb2lab(out)).mean()),
-            "gmsd": gmsd(out, ref),
-            "hf_ratio": hf_ratio(out, ref)}
-
-
-# --- Methods -----------------------------------------------------------------------------------
-
-class Unavailable(Exception):
-    """A method that cannot run here (a tool not installed, no weights): its rows are skipped."""
-
-
-@dataclass
-class Method:
-    """A developer under test: ``develop(dng, setting)`` -> display sRGB (H, W, 3) float in [0, 1].
-
-    With several ``settings``, each level's first ``SWEEP_IMAGES`` images are run with all of them
-    and the one with the best mean PSNR develops the level (the selection is on the benchmark
-    itself; the notes say so).
-    """
-
-    name: str
-    develop: Callable[[Path, object], np.ndarray]
-    settings: tuple = (None,)
-    note: str = ""
-    _warm: bool = field(default=False, repr=False)
-
-    def run_level(self, dngs: Sequence[Path], setting, workdir: Path) -> tuple[list[np.ndarray], list[float]]:
-        """Outputs for the DNGs of one level and the seconds each took (after one warm-up)."""
-        if not self._warm:
-            self.develop(dngs[0], setting)
-            self._warm = True
-        outputs, seconds = [], []
-        for dng in dngs:
-            start = time.perf_counter()
-            outputs.append(self.develop(dng, setting))
-            seconds.append(time.perf_counter() - start)
-        return outputs, seconds
-
-
-def _rawpy_develop(dng: Path, **options) -> np.ndarray:
-    """LibRaw, neutral: AHD, camera WB, sRGB curve, 16 bit, the file's white level as written."""
-    import rawpy
-
-    with rawpy.imread(str(dng)) as raw:
-        rgb = raw.postprocess(demosaic_algorithm=rawpy.DemosaicAlgorithm.AHD, use_camera_wb=True,
-                              no_auto_bright=True, output_color=rawpy.ColorSpace.sRGB, gamma=(2.4, 12.92),
-                              output_bps=16, adjust_maximum_thr=0.0, **options)
-    return rgb.astype(np.float32) / 65535.0
-
-
-def _libraw_nr(dng: Path, setting: tuple[int, str]) -> np.ndarray:
-    import rawpy
-
-    threshold, fbdd = setting
-    return _rawpy_develop(dng, noise_thr=threshold, fbdd_noise_reduction=rawpy.FBDDNoiseReductionMode[fbdd])
-
-
-def _classical(dng: Path, setting=None) -> np.ndarray:
-    return develop_classical(read_raw(dng), auto_exposure=False).permute(1, 2, 0).numpy()
-
-
-def _classical_nlm(dng: Path, h: float) -> np.ndarray:
-    try:
-        import cv2
-    except ImportError:
-        raise Unavailable('needs OpenCV: pip install -e ".[bench]"') from None
-
-    # OpenCV's colour NLM takes 8-bit images only; the ground truth is 8-bit photos anyway.
-    image = (np.clip(_classical(dng), 0, 1) * 255).round().astype(np.uint8)
-    return cv2.fastNlMeansDenoisingColored(image, None, h, h, 7, 21).astype(np.float32) / 255.0
-
-
-def _model_method(steps: int, weights: Path | None) -> Method:
-    developer = None
-
-    def develop(dng: Path, setting=None) -> np.ndarray:
-        nonlocal developer
-        if developer is None:
-            from .pipeline import DevelopOptions, Developer
-
-            try:
-                developer = Developer(DevelopOptions(auto_exposure=False, steps=steps,
-                                                     weights=str(weights) if weights else None))
-            except TypeError as err:  # DevelopOptions without the model fields
-                raise Unavailable(f"the model path is not available ({err})") from None
-            except Exception as err:  # noqa: BLE001 - missing or unreadable weights: skip, say why
-                raise Unavailable(f"{type(err).__name__}: {err}") from None
-        return developer.develop(read_raw(dng)).permute(1, 2, 0).numpy()
-
-    return Method(f"model (steps={steps})", develop)
-
-
-class CliMethod(Method):
-    """A peer developer run as its command line over a whole level (one process, so its start-up
-    is paid once per level as in a real batch); timed as wall clock, after a one-file warm-up."""
-
-    def __init__(self, name: str, command: Callable[[list[Path], Path, object], list[str]], settings: tuple,
-                 note: str):
-        super().__init__(name, develop=self._develop_one, settings=settings, note=note)
-        self.command = command
-
-    def _batch(self, dngs: Sequence[Path], setting, out_dir: Path) -> list[np.ndarray]:
-        import tifffile
-
-        # The inputs are linked into a folder of their own: darktable develops whole folders.
-        in_dir = out_dir.with_name(out_dir.name + "-inputs")
-        for folder in (in_dir, out_dir):
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-        links = [in_dir / dng.name for dng in dngs]
-        for link, dng in zip(links, dngs):
-            link.symlink_to(dng.resolve())
-        done = subprocess.run(self.command(links, out_dir, setting), capture_output=True, text=True)
-        outputs = []
-        for dng in dngs:
-            tif = out_dir / f"{dng.stem}.tif"
-            if not tif.exists():
-                raise Unavailable(f"{self.name} wrote no {tif.name} (exit {done.returncode}): "
-                                  f"{(done.stderr or done.stdout).strip()[-300:]}")
-            outputs.append(tifffile.imread(tif)[..., :3].astype(np.float32) / 65535.0)
-        return outputs
-
-    def _develop_one(self, dng: Path, setting) -> np.ndarray:
-        with tempfile.TemporaryDirectory() as tmp:
-            return self._batch([dng], setting, Path(tmp) / "out")[0]
-
-    def run_level(self, dngs, setting, workdir):
-        if not self._warm:
-            self._develop_one(dngs[0], setting)
-            self._warm = True
-        start = time.perf_counter()
-        outputs = self._batch(dngs, setting, workdir / "peers" / self.name)
-        return outputs, [(time.perf_counter() - start) / len(dngs)] * len(dngs)
-
-
-def _profile(name: str) -> str:
-    return str(resources.files("rawrestore").joinpath("bench_profiles", name))
-
-
-def _rawtherapee_command(dngs: list[Path], out_dir: Path, setting) -> list[str]:
-    # -p on top of the neutral profile; -Y overwrite, -t TIFF, -b16, -c the inputs (must be last).
-    return ["rawtherapee-cli", "-q", "-Y", "-p", _profile("rt_nr.pp3"), "-t", "-b16", "-o", f"{out_dir}/",
-            "-c", *map(str, dngs)]
-
-
-def _darktable_command(dngs: list[Path], out_dir: Path, profile: str) -> list[str]:
-    # The folder input (it holds exactly ``dngs``) develops every file in one process; our own
-    # configdir and an in-memory library avoid darktable's database lock; workflow=none gives
-    # its plain colour-managed (neutral) rendering.
-    return ["darktable-cli", str(dngs[0].parent), _profile(f"dt_nr_{profile}.xmp"), f"{out_dir}/$(FILE_NAME).tif",
-            "--apply-custom-presets", "false", "--core", "--library", ":memory:",
-            "--configdir", str(out_dir.parent / "darktable-config"),
-            "--conf", "plugins/imageio/format/tiff/bpp=16", "--conf", "plugins/darkroom/workflow=none"]
-
-
-LIBRAW_NR_SETTINGS = tuple((t, f) for t in (300, 1000, 3000) for f in ("Off", "Full"))
-NLM_STRENGTHS = (5.0, 8.0, 12.0, 18.0, 27.0)
-SWEEP_IMAGES = 4  # settings are compared on the first images of each level (cost), then run on all
-BASE_METHODS = ("libraw-ahd", "libraw-nr", "classical", "classical+nlm", "rawtherapee", "darktable")
-
-
-def make_methods(names: Sequence[str], steps: Sequence[int], weights: Path | None) -> list[Method]:
-    available = {
-        "libraw-ahd": lambda: Method("libraw-ahd", lambda dng, _: _rawpy_develop(dng)),
-        "libraw-nr": lambda: Method("libraw-nr", _libraw_nr, LIBRAW_NR_SETTINGS,
-                                    "rawpy AHD + noise_thr wavelet + FBDD; (noise_thr, FBDD) chosen per level "
-                                    f"(best PSNR on this benchmark's first {SWEEP_IMAGES} images) from " + ", ".join(f"{t}/{f}" for t, f in LIBRAW_NR_SETTINGS)),
-        "classical": lambda: Method("classical", _classical),
-        "classical+nlm": lambda: Method("classical+nlm", _classical_nlm, NLM_STRENGTHS,
-                                        "our ISP + OpenCV fastNlMeansDenoisingColored on 8 bit (h = hColor, 7/21 windows), "
-                                        f"h chosen per level (best PSNR on this benchmark's first {SWEEP_IMAGES} images) from "
-                                        + ", ".join(f"{h:g}" for h in NLM_STRENGTHS)),
-        "rawtherapee": lambda: CliMethod("rawtherapee", _rawtherapee_command, (None,),
-                                         "rawtherapee-cli, neutral profile + rt_nr.pp3 (NR luma 70/detail 30, "
-                                         "chroma auto, impulse NR), AMaZE"),
-        "darktable": lambda: CliMethod("darktable", _darktable_command, ("nlmeans", "wavelets"),
-                                       "darktable-cli, workflow none + denoise (profiled); nlmeans or wavelets "
-                                       f"chosen per level (best PSNR on this benchmark's first {SWEEP_IMAGES} images)"),
-    }
-    methods = []
-    for name in names:
-        if name == "model":
-            methods += [_model_method(n, weights) for n in steps]
-        elif name in ("rawtherapee", "darktable") and shutil.which(f"{name}-cli") is None:
-            methods.append(Method(name, develop=None, note=f"{name}-cli not on PATH"))
-        else:
-            methods.append(available[name]())
-    return methods
-
-
-# --- Running and reporting ---------------------------------------------------------------------
-
-def mean_psnr(outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> float:
-    return float(np.mean([psnr(interior(o.clip(0, 1), t.shape[:2]), interior(t, t.shape[:2]))
-                          for o, t in zip(outputs, targets)]))
-
-
-def evaluate(method: Method, shots_by_level: dict[str, list[Shot]], gts: dict[str, np.ndarray],
-             workdir: Path, log: Callable[[str], None]) -> dict:
-    """Per level: the chosen setting, the seconds and megapixels, and the per-image scores."""
-    result = {"name": method.name, "note": method.note, "levels": {}}
-    if method.develop is None:
-        result["skipped"] = method.note
-        return result
-    try:
-        for level, shots in shots_by_level.items():
-            dngs = [s.dng for s in shots]
-            targets = [gts[s.image] for s in shots]
-            setting = method.settings[0]
-            if len(method.settings) > 1:
-                sweep = slice(0, SWEEP_IMAGES)
-                setting = max(method.settings, key=lambda candidate: mean_psnr(
-                    method.run_level(dngs[sweep], candidate, workdir)[0], targets[sweep]))
-            outputs, seconds = method.run_level(dngs, setting, workdir)
-            scores = [score(o, t) for o, t in zip(outputs, targets)]
-            megapixels = [t.shape[0] * t.shape[1] / 1e6 for t in targets]
-            result["levels"][level] = {
-                "setting": setting, "seconds_per_mp": [t / mp for t, mp in zip(seconds, megapixels)],
-                "images": {s.image: sc for s, sc in zip(shots, scores)},
-                "mean": {k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]},
-            }
-            mean = result["levels"][level]["mean"]
-            log(f"  {method.name:<18} {level:<9} PSNR {mean['psnr']:.2f}  SSIM {mean['ssim']:.3f}  "
-                f"dE {mean['de00']:.2f}  {np.median(result['levels'][level]['seconds_per_mp']):.2f} s/MP"
-                + (f"  [setting {setting}]" if len(method.settings) > 1 else ""))
-    except Unavailable as err:
-        result["skipped"] = str(err)
-        result["levels"] = {}
-        log(f"  {method.name}: skipped ({err})")
-    except Exception as err:  # noqa: BLE001 - one broken method must not lose the others' results
-        result["skipped"] = f"failed: {type(err).__name__}: {err}"
-        result["levels"] = {}
-        log(f"  {method.name}: FAILED ({type(err).__name__}: {err})")
-    return result
-
-
-def seconds_per_mp(result: dict) -> float:
-    """Median over every image of every level: robust to the odd file slowed by other work."""
-    return float(np.median([t for level in result["levels"].values() for t in level["seconds_per_mp"]]))
-
-
 def markdown(results: list[dict], levels: Sequence[Level], header: dict) -> str:
     """The README-ready report: quality per level, texture per level, notes."""
     ran = [r for r in results if r["levels"]]
@@ -480,13 +160,7 @@ def markdown(results: list[dict], levels: Sequence[Level], header: dict) -> str:
               f"- Model weights: {header['weights']}. Timings are wall clock on this machine as it was: other "
               "work on the cores (a training run) slows torch-based rows many times over; the command-line "
               "peers' figures at these sizes are mostly process start-up."]
-    for r in results:
-        if r.get("skipped"):
-            lines.append(f"- {r['name']}: skipped — {r['skipped']}")
-        elif r["note"]:
-            chosen = ", ".join(f"{level.label}: {r['levels'][level.name]['setting']}" for level in levels
-                               if r["levels"][level.name]["setting"] is not None)
-            lines.append(f"- {r['name']}: {r['note']}" + (f" — chosen {chosen}" if chosen else "") + ".")
+    lines += method_notes(results, levels)
     return "\n".join(lines) + "\n"
 
 
@@ -527,8 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gts = {s.image: load_gt(s.gt) for s in shots}
     shots_by_level = {level.name: [s for s in shots if s.level == level.name] for level in levels}
 
+    names = ["v15" if name == "model" else name for name in args.methods]
     results = [evaluate(method, shots_by_level, gts, workdir, log)
-               for method in make_methods(args.methods, args.steps, args.weights)]
+               for method in make_methods(names, ModelOptions(steps=tuple(args.steps), v15_weights=args.weights))]
     header = {"images": len(photos), "size": args.size, "seed": args.seed, "set": digest,
               "photos": [p.name for p in photos], "levels": args.levels, "exposure": EXPOSURE_NOTE,
               "weights": str(args.weights) if args.weights else "bundled",

@@ -1,22 +1,20 @@
 """The ``rawrestore`` command line: parse options, call the library, report.
 
-The work lives in the library (rawio reads, pipeline develops, output writes, styles colour);
-this module turns options into calls and outcomes into messages and exit codes:
-0 every file done or skipped, 1 some file failed, 2 a usage error (nothing was processed).
+The work lives in the library (rawio reads, pipeline develops, output writes, styles colour, batch
+runs the files in supervised workers); this module turns options into calls and outcomes into
+messages and exit codes: 0 every file done or skipped, 1 some file failed, 2 a usage error (nothing
+was processed), 128 + the signal when interrupted (130 SIGINT, 143 SIGTERM).
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, NoReturn, Optional
+from typing import List, NoReturn, Optional
 
 import numpy as np
 import typer
@@ -26,68 +24,51 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .output import FORMAT_EXTENSIONS, format_for, write_image
+from .batch import BatchError, BatchRequest, Events, Job, Limits, Outcome, WriteOptions, run_batch, settings_digest
+from .batch.engine import cores
+from .batch.inputs import NoInputError, collect_inputs
+from .naming import DEFAULT_TEMPLATE, FIELDS, TemplateError, check_template, names_apart, output_name
+from .output import FORMAT_ALIASES, FORMAT_EXTENSIONS, extensions_of, format_for
 from .pipeline import DEFAULT_STEPS
-from .rawio import RawImage, RawReadError, iter_raw_files, read_raw
-
-if TYPE_CHECKING:  # the pipeline (torch models) loads only once a command needs it
-    from .pipeline import Developer
+from .rawio import RawImage, RawReadError, read_raw_quietly
+from .weights import WeightsError, weights_source
+from .whitebalance import correlated_temperature
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits it
                   help="Develop camera RAW files into finished sRGB JPEG, TIFF or PNG images.")
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
-# LibRaw prints its own complaints ("Unexpected end of file") straight to file descriptor 2.
-# read_raw already turns those cases into one-line errors, so decoding runs with fd 2 muted;
-# the lock keeps our own stderr lines from being written while it is muted.
-_stderr_lock = threading.Lock()
-
 
 class OutputFormat(str, Enum):
     jpeg = "jpeg"
+    jpg = "jpg"    # = jpeg (output.FORMAT_ALIASES), as -o x.jpg
     tiff = "tiff"
+    tif = "tif"    # = tiff
     png = "png"
 
 
 # --- Messages -------------------------------------------------------------------------------
 
 def say_error(message: str) -> None:
-    with _stderr_lock:
-        stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+
+
+def say_warning(message: str) -> None:
+    stderr.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def say_notice(message: str) -> None:
-    with _stderr_lock:
-        stderr.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
+    stderr.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
 
 
 def usage_error(message: str) -> NoReturn:
     say_error(message)
     raise typer.Exit(EXIT_USAGE)
-
-
-@contextmanager
-def _libraw_muted() -> Iterator[None]:
-    with _stderr_lock:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
-
-
-def decode(path: Path) -> RawImage:
-    with _libraw_muted():
-        return read_raw(path)
 
 
 def _version_callback(value: bool) -> None:
@@ -104,47 +85,14 @@ def main(version: bool = typer.Option(False, "--version", callback=_version_call
 
 # --- enhance: planning ----------------------------------------------------------------------
 
-@dataclass
-class Job:
-    source: Path
-    target: Path
-    label: str  # how the file is named in messages: as given, or relative to the given folder
-
-
-@dataclass
-class Outcome:
-    label: str
-    status: str  # 'done' | 'skipped' | 'failed'
-    detail: str  # the output written, or why not
-    seconds: float = 0.0
-
-
-def collect_inputs(paths: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
-    """(file, the folder its name is relative to) for every input, in order, without repeats."""
-    found: dict[Path, tuple[Path, Path]] = {}
-    for path in paths:
-        if not path.exists():
-            usage_error(f"{path}: no such file or folder")
-        if path.is_dir():
-            files = iter_raw_files(path, recursive)
-            if not files:
-                usage_error(f"{path}: no RAW files in this folder"
-                            + ("" if recursive else " (use --recursive for subfolders)"))
-            pairs = [(file, path) for file in files]
-        else:
-            pairs = [(path, path.parent)]
-        for file, root in pairs:
-            found.setdefault(file.resolve(), (file, root))
-    return list(found.values())
-
-
 def plan_jobs(inputs: list[tuple[Path, Path]], output: Path | None, out_dir: Path | None,
-              extension: str) -> list[Job]:
+              extension: str, template: str = DEFAULT_TEMPLATE) -> list[Job]:
     if output is not None:
         (source, root), = inputs
         jobs = [Job(source, output, str(source))]
     else:
-        jobs = [Job(source, (out_dir / source.relative_to(root) if out_dir else source).with_suffix(extension),
+        jobs = [Job(source, (out_dir / source.relative_to(root).parent if out_dir else source.parent)
+                    / output_name(source, template, extension),
                     str(source) if out_dir is None else str(source.relative_to(root)))
                 for source, root in inputs]
     claimed: dict[Path, Job] = {}
@@ -152,8 +100,17 @@ def plan_jobs(inputs: list[tuple[Path, Path]], output: Path | None, out_dir: Pat
         if job.target.resolve() == job.source.resolve():
             usage_error(f"{job.source}: the output would replace the input; choose another --format or -o")
         other = claimed.setdefault(job.target.resolve(), job)
+        if other is not job and output is None and template == DEFAULT_TEMPLATE:
+            # Inputs that differ only in extension (a.dng, a.CR2): named apart, not a stopped batch.
+            for name in names_apart(job.source, extension):
+                if claimed.setdefault(job.target.with_name(name).resolve(), job) is job:
+                    break
+            say_notice(f"{other.source} and {job.source} share the name {job.target.name}: "
+                       f"writing {job.source} to {name}")
+            job.target, other = job.target.with_name(name), job
         if other is not job:
-            usage_error(f"{other.source} and {job.source} would both be written to {job.target}")
+            usage_error(f"{other.source} and {job.source} would both be written to {job.target}"
+                        + (" (use a --name-template that tells them apart)" if output is None else ""))
     return jobs
 
 
@@ -169,58 +126,58 @@ def ensure_writable(folder: Path) -> None:
 
 # --- enhance: running -----------------------------------------------------------------------
 
-def _failure(job: Job, reason: str, started: float, debug: bool) -> Outcome:
-    say_error(f"{job.label}: {reason}")
-    if debug:
-        with _stderr_lock:
-            stderr.print_exception()
-    return Outcome(job.label, "failed", reason, time.perf_counter() - started)
+class BatchProgress(Events):
+    """The batch as it goes: a progress bar on a terminal, each failure and notice as it happens."""
+
+    def __init__(self, progress: Progress, total: int, debug: bool):
+        self.progress, self.debug = progress, debug
+        self.task = progress.add_task("developing", total=total, current="")
+
+    def phase(self, job: Job, name: str) -> None:
+        self.progress.update(self.task, current=f"{job.label}: {name}")
+
+    def notice(self, job: Job, message: str) -> None:
+        say_notice(f"{job.label}: {message}")
+
+    def finished(self, outcome: Outcome) -> None:
+        if outcome.status == "failed":
+            say_error(f"{outcome.label}: {outcome.detail}")
+            if self.debug and outcome.trace:
+                stderr.print(outcome.trace, highlight=False, markup=False)
+        self.progress.advance(self.task)
 
 
-def run_jobs(jobs: list[Job], developer: Developer, write_options: dict, debug: bool) -> list[Outcome]:
-    """Develop and write every job; the next file decodes in the background meanwhile."""
-    outcomes: list[Outcome] = []
+def progress_bar() -> Progress:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[current]}"))
     # On stderr, like the error lines, so that rich keeps those above the bar.
-    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        task = progress.add_task("developing", total=len(jobs), current="")
-        upcoming: Future | None = pool.submit(decode, jobs[0].source) if jobs else None
-        for index, job in enumerate(jobs):
-            started = time.perf_counter()
-            current = upcoming
-            upcoming = pool.submit(decode, jobs[index + 1].source) if index + 1 < len(jobs) else None
-            try:
-                progress.update(task, current=f"{job.label}: decode")
-                raw = current.result()
-                if not raw.is_bayer and not developer.options.classical:
-                    say_notice(f"{job.label}: {raw.kind} RAW, not Bayer: developed from LibRaw's "
-                               "demosaic; the learned model does not apply to it")
-                progress.update(task, current=f"{job.label}: develop")
-                image = developer.develop(raw)
-                progress.update(task, current=f"{job.label}: write")
-                write_image(job.target, image, exif=raw.exif, **write_options)
-                outcomes.append(Outcome(job.label, "done", str(job.target), time.perf_counter() - started))
-            except RawReadError as err:
-                outcomes.append(_failure(job, str(err).removeprefix(f"{job.source}: "), started, debug))
-            except OSError as err:
-                outcomes.append(_failure(job, f"cannot write {job.target}: {err.strerror or err}", started, debug))
-            except Exception as err:  # one broken file must not stop the batch
-                outcomes.append(_failure(job, f"{type(err).__name__}: {err}", started, debug))
-            progress.advance(task)
-    return outcomes
+    return Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def memory_size(text: str) -> int:
+    """Bytes from '2.5GiB', '2500M', '2.5g' (binary units: memory)."""
+    match = _SIZE.match(text)
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(f"--max-memory {text!r} is not a memory size such as 2.5GiB or 800M")
+    return int(float(match[1]) * 1024 ** "bkmgt".index((match[2] or "b").lower()))
 
 
 def print_summary(outcomes: list[Outcome], seconds: float) -> None:
     table = Table(title="rawrestore", title_justify="left")
     for column in ("file", "status", "output / reason"):
         table.add_column(column, overflow="fold")
+    table.add_column("EV", justify="right")
     table.add_column("s", justify="right")
     colours = {"done": "green", "skipped": "dim", "failed": "bold red"}
     for outcome in outcomes:
-        table.add_row(escape(outcome.label), f"[{colours[outcome.status]}]{outcome.status}[/]",
-                      escape(outcome.detail), f"{outcome.seconds:.1f}" if outcome.status != "skipped" else "")
+        # A failure's reason was printed once already, as it happened, on stderr.
+        detail = "[dim]see the error above[/]" if outcome.status == "failed" else escape(outcome.detail)
+        table.add_row(escape(outcome.label), f"[{colours[outcome.status]}]{outcome.status}[/]", detail,
+                      f"{outcome.exposure_ev:+.2f}" if outcome.exposure_ev is not None else "",
+                      f"{outcome.seconds:.1f}" if outcome.status != "skipped" else "")
     stdout.print(table)
     counts = {status: sum(o.status == status for o in outcomes) for status in colours}
     stdout.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
@@ -234,8 +191,13 @@ def enhance(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir",
                                            help="Write outputs to this folder (created if needed) "
                                                 "instead of beside the inputs."),
-    fmt: Optional[OutputFormat] = typer.Option(None, "--format", show_default=False,
+    fmt: Optional[OutputFormat] = typer.Option(None, "--format", show_default=False, case_sensitive=False,
                                                help="Output format (default: from -o's extension, else jpeg)."),
+    name_template: str = typer.Option(DEFAULT_TEMPLATE, "--name-template",
+                                      help="Output names, from the fields "
+                                           f"{', '.join('{' + field + '}' for field in FIELDS)} of the input's "
+                                           "(e.g. {stem}_{ext}: a.CR2 -> a_CR2.jpg); with the default, inputs "
+                                           "that share a stem are named apart."),
     bits: Optional[int] = typer.Option(None, "--bits", show_default=False,
                                        help="Bits per channel, 8 or 16, for TIFF and PNG "
                                             "(default: 16; JPEG is always 8)."),
@@ -247,8 +209,21 @@ def enhance(
     color_style: str = typer.Option("natural", "--color-style",
                                     help="A style name (see 'rawrestore styles'), a reference "
                                          "image or a .cube LUT."),
-    exposure: float = typer.Option(0.0, "--exposure", help="Exposure compensation in EV (stops)."),
-    no_auto_exposure: bool = typer.Option(False, "--no-auto-exposure", help="Do not lift very dark frames."),
+    exposure: float = typer.Option(0.0, "--exposure",
+                                   help="Exposure compensation in EV (stops), added to the auto exposure."),
+    no_auto_exposure: bool = typer.Option(False, "--no-auto-exposure",
+                                          help="Do not lift dark frames (the auto exposure; the EV applied "
+                                               "is in the summary)."),
+    wb: str = typer.Option("camera", "--wb",
+                           help="White balance: camera (as shot), auto (grey world), daylight, tungsten, "
+                                "fluorescent, or a temperature in kelvin (e.g. 4500). The model's input "
+                                "stays as shot; the rendering changes."),
+    strength: float = typer.Option(1.0, "--strength",
+                                   help="How much of the restoration to keep, 0-1: the rest is the classical "
+                                        "development of the original, its grain (0 is --classical)."),
+    chroma_strength: Optional[float] = typer.Option(None, "--chroma-strength", show_default=False,
+                                                    help="The same for the colour noise alone, 0-1 "
+                                                         "(default: --strength)."),
     classical: bool = typer.Option(False, "--classical",
                                    help="Use the fast classical ISP only, without the learned model."),
     steps: int = typer.Option(DEFAULT_STEPS, "--steps",
@@ -259,6 +234,12 @@ def enhance(
     weights: Optional[str] = typer.Option(None, "--weights",
                                           help="A .safetensors weights file, or 'hub' for the published copy "
                                                "(default: the weights shipped with rawrestore)."),
+    workers: int = typer.Option(1, "--jobs", min=1,
+                                help="Worker processes developing files at once, each with its share of the "
+                                     f"{cores()} cores (default: one, with all of them)."),
+    max_memory: str = typer.Option("2.5GiB", "--max-memory",
+                                   help="Resident memory a worker may use: a file that needs more fails, "
+                                        "and the batch goes on (e.g. 2.5GiB, 800M)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of failures."),
 ) -> None:
     """Develop RAW files to sRGB images, beside the inputs (photo.dng -> photo.jpg) by default."""
@@ -269,20 +250,48 @@ def enhance(
     if output is not None and output.is_dir():
         usage_error(f"{output}: -o/--output names a file; use --out-dir for a folder")
     guessed = format_for(output) if output is not None else None
-    fmt_name = fmt.value if fmt else guessed or "jpeg"
+    fmt_name = FORMAT_ALIASES.get(fmt.value, fmt.value) if fmt else guessed or "jpeg"
+    if output is not None and guessed is None:
+        usage_error(f"{output}: -o/--output needs one of the extensions {', '.join(extensions_of())}"
+                    + (" (DNG export is not available yet)" if output.suffix.lower() == ".dng" else ""))
+    if output is not None and guessed != fmt_name:
+        usage_error(f"{output}: --format {fmt.value} writes {' or '.join(extensions_of(fmt_name))} files, "
+                    f"not {output.suffix}")
+    if output is not None and name_template != DEFAULT_TEMPLATE:
+        usage_error("--name-template names the outputs of a batch; -o/--output names its one output itself")
+    try:
+        check_template(name_template)
+    except TemplateError as err:
+        usage_error(str(err))
     if bits not in (None, 8, 16):
         usage_error(f"--bits must be 8 or 16, not {bits}")
     if fmt_name == "jpeg" and bits == 16:
         usage_error("JPEG is 8-bit only; use --format tiff or png for 16 bits")
-    inputs = collect_inputs(paths, recursive)
-    if output is not None and len(inputs) != 1:
-        usage_error(f"-o/--output takes one input file, got {len(inputs)}; use --out-dir")
-    jobs = plan_jobs(inputs, output, out_dir, FORMAT_EXTENSIONS[fmt_name])
+    try:
+        limits = Limits(max_memory=memory_size(max_memory))
+        inputs, bad = collect_inputs(paths, recursive)
+    except (ValueError, NoInputError) as err:
+        usage_error(str(err))
+    if output is not None and len(inputs) + len(bad) != 1:
+        usage_error(f"-o/--output takes one input file, got {len(inputs) + len(bad)}; use --out-dir")
+    jobs = plan_jobs(inputs, output, out_dir, FORMAT_EXTENSIONS[fmt_name], name_template)
+    weights_sha256 = None
+    if not classical:
+        try:
+            source = weights_source(weights)
+        except WeightsError as err:
+            say_error(str(err))
+            raise typer.Exit(EXIT_FAILED) from None
+        weights_sha256 = source.sha256
+        if not source.verified:
+            say_warning(f"{source.path}: not a weights file weights.toml lists (sha256 {source.sha256[:12]}…); "
+                        "loaded unverified")
     try:
         developer = Developer(DevelopOptions(exposure_ev=exposure, auto_exposure=not no_auto_exposure,
                                              style=color_style, classical=classical, steps=steps,
-                                             device=device, seed=seed, weights=weights))
-    except ValueError as err:  # a bad option value: style, steps, device
+                                             device=device, seed=seed, weights=weights, wb=wb,
+                                             strength=strength, chroma_strength=chroma_strength))
+    except ValueError as err:  # a bad option value: style, steps, device, wb, strength
         usage_error(str(err))
     except Exception as err:  # the model cannot be set up (weights missing or damaged)
         say_error(str(err))
@@ -292,15 +301,25 @@ def enhance(
     for folder in sorted({job.target.parent for job in jobs}):
         ensure_writable(folder)
 
+    write = WriteOptions(fmt_name, 8 if fmt_name == "jpeg" else bits or 16, quality)
+    request = BatchRequest(developer.options, write, settings_digest(developer.options, write, weights_sha256),
+                           overwrite, workers, limits)
     started = time.perf_counter()
-    outcomes = {job.target: Outcome(job.label, "skipped", f"{job.target} exists (use --overwrite)")
-                for job in jobs if not overwrite and job.target.exists()}
-    todo = [job for job in jobs if job.target not in outcomes]
-    write_options = dict(fmt=fmt_name, bits=8 if fmt_name == "jpeg" else bits or 16, quality=quality)
-    outcomes.update(zip((job.target for job in todo), run_jobs(todo, developer, write_options, debug)))
-    ordered = [outcomes[job.target] for job in jobs]
-    print_summary(ordered, time.perf_counter() - started)
-    if any(outcome.status == "failed" for outcome in ordered):
+    for problem in bad:
+        say_error(f"{problem.label}: {problem.reason}")
+    with progress_bar() as progress:
+        try:
+            result = run_batch(jobs, request, BatchProgress(progress, len(jobs), debug))
+        except BatchError as err:
+            say_error(str(err))
+            raise typer.Exit(EXIT_FAILED) from None
+    outcomes = [Outcome(problem.label, "failed", problem.reason) for problem in bad] + result.outcomes
+    print_summary(outcomes, time.perf_counter() - started)
+    if result.interrupted is not None:
+        finished = sum(outcome.status != "failed" for outcome in result.outcomes)
+        stdout.print(f"interrupted: {finished} of {len(jobs)} done, rerun to resume", highlight=False)
+        raise typer.Exit(128 + result.interrupted)
+    if any(outcome.status == "failed" for outcome in outcomes):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -327,6 +346,7 @@ def describe(raw: RawImage) -> list[tuple[str, str]]:
         return fmt(exif[key]) if exif.get(key) else "-"
 
     height, width = (raw.mosaic if raw.is_bayer else raw.rgb).shape[:2]
+    kelvin = correlated_temperature(raw)
     if raw.is_bayer:
         black = "  ".join(f"{site} {level:g}" for site, level in zip(raw.cfa, raw.black.ravel()))
     else:
@@ -344,7 +364,7 @@ def describe(raw: RawImage) -> list[tuple[str, str]]:
         ("size", f"{width} x {height}"),
         ("black levels", black),
         ("white level", f"{raw.white:g}"),
-        ("as-shot WB (R G B)", _numbers(raw.wb)),
+        ("as-shot WB (R G B)", _numbers(raw.wb) + (f"  (about {round(kelvin, -1):.0f} K)" if kelvin else "")),
         ("camera -> XYZ", "\n".join(_numbers(row) for row in raw.cam_to_xyz)),
         ("orientation", f"{raw.orientation} ({_ORIENTATIONS.get(raw.orientation, 'unknown')})"),
     ]
@@ -356,7 +376,7 @@ def info(file: Path = typer.Argument(..., show_default=False, help="A RAW file."
     if not file.exists():
         usage_error(f"{file}: no such file")
     try:
-        raw = decode(file)
+        raw = read_raw_quietly(file)
     except RawReadError as err:
         say_error(str(err))
         raise typer.Exit(EXIT_FAILED)
@@ -415,20 +435,25 @@ def demo(
     stdout.print(table)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# bench and train parse their own options (argparse): every argument, -h and --help included, goes to them.
+_PASS_THROUGH = dict(add_help_option=False,
+                     context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+
+
+@app.command(**_PASS_THROUGH)
 def bench(ctx: typer.Context) -> None:
-    """Run the quality benchmark (options: rawrestore bench --help-bench)."""
+    """Run the quality benchmark (rawrestore bench --help lists its options)."""
     from .bench import main as bench_main
 
-    bench_main([("--help" if a == "--help-bench" else a) for a in ctx.args])
+    raise typer.Exit(bench_main(ctx.args))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(**_PASS_THROUGH)
 def train(ctx: typer.Context) -> None:
-    """Train the model on synthetic RAW (options: rawrestore train --help-train)."""
+    """Train the model on synthetic RAW (rawrestore train --help lists its options)."""
     from .train import main as train_main
 
-    train_main([("--help" if a == "--help-train" else a) for a in ctx.args])
+    train_main(ctx.args)
 
 
 def run() -> NoReturn:

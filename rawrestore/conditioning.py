@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .isp import apply_matrix, linear_from_mosaic, site_values, srgb_encode, unpack
+from .isp import linear_from_mosaic, site_values, srgb_encode, unpack
 from .noise import estimate_noise, noise_std_map
 
 
@@ -26,16 +26,8 @@ def model_input(packed: torch.Tensor, wb: np.ndarray, gain: float = 1.0,
     return x, noise_std_map(packed, a, b) * gain
 
 
-def binned_linear(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray) -> torch.Tensor:
-    """Linear sRGB at the packed grid (H/2) by 2x2 binning (R, mean G, B), white balance with the
-    ISP's highlight clip and the colour matrix: the fast classical development."""
-    rgb = torch.stack([packed[0], 0.5 * (packed[1] + packed[2]), packed[3]])
-    gains = torch.as_tensor(np.asarray(wb, dtype=np.float32))[:, None, None]
-    return apply_matrix((rgb * gains).clamp(0, float(np.min(wb))), srgb_from_cam)
-
-
 def render_condition(linear: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-    """The colour condition: the fast classical development (``linear``, from :func:`binned_linear`),
+    """The colour condition: the fast classical development (``linear``, from :func:`.isp.binned_linear`),
     exposed and sRGB-encoded, averaged 2x2 down to the latent grid (H/4). It takes the development,
     not the RAW, because inference also sets the exposure from it."""
     display = srgb_encode(linear * gain)

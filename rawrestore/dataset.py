@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .conditioning import binned_linear, model_input, render_condition, render_detail
-from .isp import pack
+from .conditioning import model_input, render_condition, render_detail
+from .isp import binned_linear, pack
 from .noise import NoiseParams, add_sensor_noise, darktable_noise, eld_cameras, eld_noise, estimate_noise
 from .unprocess import mosaic, optical_blur, random_camera, unprocess
 

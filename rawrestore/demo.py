@@ -93,7 +93,24 @@ def run_demo(out_dir: Path, developer, seed: int = 7) -> DemoFiles:
     write_image(files.ground_truth, photo, fmt="png", bits=8, quality=95, exif={})
     write_image(files.model, enhanced, fmt="jpeg", bits=8, quality=95, exif=raw.exif)
     write_image(files.classical, classical, fmt="jpeg", bits=8, quality=95, exif=raw.exif)
-    gap = torch.ones(3, photo.shape[1], 8)
-    write_image(files.side_by_side, torch.cat([classical, gap, enhanced, gap, photo], dim=2), fmt="png",
-                bits=8, quality=95, exif={})
+    panels = [("classical", classical), ("rawrestore", enhanced), ("ground truth", photo)]
+    write_image(files.side_by_side, side_by_side(panels), fmt="png", bits=8, quality=95, exif={})
     return files
+
+
+def side_by_side(panels: list[tuple[str, torch.Tensor]], gap: int = 8) -> torch.Tensor:
+    """Same-sized (3, H, W) pictures in a row on white, ``gap`` px apart, each captioned above."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from .output import to_pixels
+
+    _, height, width = panels[0][1].shape
+    font = ImageFont.load_default(size=max(12, width // 24))
+    band = round(font.size * 1.6)
+    canvas = Image.new("RGB", (len(panels) * width + (len(panels) - 1) * gap, band + height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for index, (caption, image) in enumerate(panels):
+        left = index * (width + gap)
+        canvas.paste(Image.fromarray(to_pixels(image, 8)), (left, band))
+        draw.text((left + width / 2, band / 2), caption, fill="black", font=font, anchor="mm")
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255.0

@@ -27,8 +27,8 @@ def write_dng(path: str | Path, mosaic: np.ndarray, cfa: str, black: float, whit
               cam_from_xyz: np.ndarray, wb: np.ndarray, *, make: str = "rawrestore",
               model: str = "Synthetic", iso: float | None = None, exposure_time: float | None = None,
               f_number: float | None = None, focal_length: float | None = None,
-              datetime: _dt.datetime | None = None, noise_profile: tuple[float, float] | None = None,
-              orientation: int = 1) -> Path:
+              lens: str | None = None, datetime: _dt.datetime | None = None,
+              noise_profile: tuple[float, float] | None = None, orientation: int = 1) -> Path:
     """Write a (H, W) uint16 Bayer mosaic as an uncompressed DNG.
 
     ``cam_from_xyz`` is the camera's XYZ->camera-native matrix (DNG ColorMatrix1, D65) and
@@ -66,11 +66,17 @@ def write_dng(path: str | Path, mosaic: np.ndarray, cfa: str, black: float, whit
     if f_number:
         tags.append((33437, 5, 1, _rationals([f_number]), True))
     if iso:
-        tags.append((34855, 3, 1, int(round(iso)), True))
+        # ISOSpeedRatings is a SHORT: above 65535 it holds 65535 and, as EXIF 2.3 has cameras do, the
+        # value goes in ISOSpeed (a LONG) with SensitivityType 3 (ISO speed).
+        tags.append((34855, 3, 1, min(int(round(iso)), 65535), True))
+        if iso > 65535:
+            tags += [(34864, 3, 1, 3, True), (34867, 4, 1, int(round(iso)), True)]
     if datetime:
         tags.append((36867, 2, 0, datetime.strftime("%Y:%m:%d %H:%M:%S"), True))
     if focal_length:
         tags.append((37386, 5, 1, _rationals([focal_length]), True))
+    if lens:
+        tags.append((42036, 2, 0, lens, True))                 # LensModel
     if noise_profile:
         tags.append((51041, 12, 2, tuple(float(v) for v in noise_profile), True))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -6,6 +6,7 @@ Steps (each a small function over torch tensors, CHW float32):
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -281,17 +282,27 @@ def tone_curve(x: torch.Tensor) -> torch.Tensor:
 
 # --- Exposure -------------------------------------------------------------------------------
 
-def auto_exposure_gain(linear_rgb: torch.Tensor, max_gain: float = 256.0) -> float:
-    """A gain for very dark frames only: lift so that the 99th percentile of luminance reaches 0.5.
+AUTO_EXPOSURE_TARGET = 0.5  # where a very dark frame's 99th percentile of luminance is lifted to
+# The lift's ramp, in stops below that target: none above the first (a 99th percentile of 0.25 or
+# more: any normal exposure), the whole deficit below the second (1/16).
+_LIFT_STARTS, _LIFT_FULL = 1.0, 3.0
 
-    Frames whose 99th percentile is already above 0.25 (any normal exposure) are left alone.
+
+def auto_exposure_ev(linear_rgb: torch.Tensor, max_ev: float = 8.0) -> float:
+    """The EV that lifts a dark frame, a smooth function of its brightness.
+
+    The brightness is the 99th percentile of luminance, p99; the deficit d = log2(0.5 / p99) stops.
+    The lift is d times a smoothstep that rises from 0 at d = 1 to 1 at d = 3: no lift for a normal
+    exposure, the whole deficit for a very dark frame, and no jump in between (a threshold made
+    near-identical frames come out a stop apart). Its slope is at most 2.3 EV per stop, so frames
+    1 % apart in brightness (0.014 stops) get EVs at most 0.033 apart.
     """
     lum = (0.2126 * linear_rgb[0] + 0.7152 * linear_rgb[1] + 0.0722 * linear_rgb[2]).flatten()
     step = max(1, lum.numel() // 200_000)
     p99 = float(torch.quantile(lum[::step], 0.99))
-    if p99 >= 0.25:
-        return 1.0
-    return float(min(max_gain, 0.5 / max(p99, 1e-6)))
+    deficit = math.log2(AUTO_EXPOSURE_TARGET / max(p99, 1e-6))
+    ramp = min(max((deficit - _LIFT_STARTS) / (_LIFT_FULL - _LIFT_STARTS), 0.0), 1.0)
+    return min(max_ev, deficit * ramp * ramp * (3 - 2 * ramp)) if ramp > 0 else 0.0  # not -0.0
 
 
 # --- Orientation ------------------------------------------------------------------------------
@@ -313,11 +324,14 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 # --- Whole developer --------------------------------------------------------------------------
 
+def frame_exposure_ev(linear_rgb: torch.Tensor, exposure_ev: float, auto_exposure: bool) -> float:
+    """The EV a frame is developed at: ``exposure_ev`` (``--exposure``) added to the frame's own
+    auto lift, which is measured on the frame as it is, so the two add up."""
+    return exposure_ev + (auto_exposure_ev(linear_rgb) if auto_exposure else 0.0)
+
+
 def exposure_gain(linear_rgb: torch.Tensor, exposure_ev: float, auto_exposure: bool) -> float:
-    gain = 2.0 ** exposure_ev
-    if auto_exposure:
-        gain *= auto_exposure_gain(linear_rgb * gain)
-    return gain
+    return 2.0 ** frame_exposure_ev(linear_rgb, exposure_ev, auto_exposure)
 
 
 def linear_from_mosaic(mosaic: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray) -> torch.Tensor:
@@ -325,24 +339,79 @@ def linear_from_mosaic(mosaic: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.n
     return apply_matrix(demosaic_in_strips(white_balance_mosaic(mosaic, wb)), srgb_from_cam)
 
 
-def develop_linear(raw: RawImage) -> torch.Tensor:
-    """Linear sRGB (3, H, W), not oriented, before exposure: LibRaw's own for non-Bayer files."""
+def binned_linear(packed: torch.Tensor, wb: np.ndarray, srgb_from_cam: np.ndarray) -> torch.Tensor:
+    """Linear sRGB at the packed grid (H/2) by 2x2 binning (R, mean G, B), white balance with the
+    ISP's highlight clip and the colour matrix: the fast classical development."""
+    rgb = torch.stack([packed[0], 0.5 * (packed[1] + packed[2]), packed[3]])
+    gains = torch.as_tensor(np.asarray(wb, dtype=np.float32))[:, None, None]
+    return apply_matrix((rgb * gains).clamp(0, float(np.min(wb))), srgb_from_cam)
+
+
+Rggb = tuple[torch.Tensor, tuple[int, int]]  # what normalized_rggb returns
+
+
+def exposure_reference(raw: RawImage, rggb: Rggb | None = None) -> torch.Tensor:
+    """What a frame's auto exposure is measured on, whichever path develops it (classical ISP, model,
+    ``--strength`` blend), so that they all get the same EV: the fast classical development at the
+    as-shot white balance (so ``--wb`` changes colour, not exposure); LibRaw's for non-Bayer files.
+    ``rggb``: :func:`normalized_rggb` of the frame where the caller has it (0.3-0.6 s of 24 MP)."""
     if not raw.is_bayer:
-        return torch.from_numpy(np.ascontiguousarray(raw.rgb.transpose(2, 0, 1)))
+        return develop_linear(raw)
+    return binned_linear(pack((rggb or normalized_rggb(raw))[0]), raw.wb, raw.srgb_from_cam)
+
+
+def develop_linear(raw: RawImage, wb: np.ndarray | None = None, rggb: Rggb | None = None) -> torch.Tensor:
+    """Linear sRGB (3, H, W), not oriented, before exposure, at the white balance ``wb`` (default:
+    as shot); LibRaw's own for non-Bayer files, which LibRaw balanced as shot: there another
+    balance is the change of multipliers applied in camera space (the matrix's inverse, the ratio,
+    the matrix). ``rggb`` as for :func:`exposure_reference`."""
+    if not raw.is_bayer:
+        rgb = torch.from_numpy(np.ascontiguousarray(raw.rgb.transpose(2, 0, 1)))
+        if wb is None or np.array_equal(wb, raw.wb):
+            return rgb
+        change = raw.srgb_from_cam @ np.diag(np.asarray(wb) / raw.wb) @ np.linalg.inv(raw.srgb_from_cam)
+        return apply_matrix(rgb, change)
     h, w = raw.mosaic.shape
-    mosaic, offset = normalized_rggb(raw)
-    return crop_back(linear_from_mosaic(mosaic, raw.wb, raw.srgb_from_cam), offset, (h, w))
+    mosaic, offset = rggb or normalized_rggb(raw)
+    return crop_back(linear_from_mosaic(mosaic, raw.wb if wb is None else wb, raw.srgb_from_cam), offset, (h, w))
+
+
+def display_from_linear(linear: torch.Tensor, gain: float, orientation: int) -> torch.Tensor:
+    """Exposure, the sRGB curve and orientation: linear sRGB (3, H, W) -> upright display sRGB."""
+    # In strips of rows, which stay in cache: half the time on a 24 MP frame.
+    display = torch.cat([srgb_encode(strip * gain) for strip in linear.split(256, dim=1)], dim=1)
+    return orient(display, orientation)
 
 
 def develop_classical(raw: RawImage, exposure_ev: float = 0.0, auto_exposure: bool = True,
-                      gain: float | None = None) -> torch.Tensor:
-    """Classical development to display sRGB (3, H, W) in [0, 1], upright.
+                      gain: float | None = None, wb: np.ndarray | None = None) -> torch.Tensor:
+    """Classical development to display sRGB (3, H, W) in [0, 1], upright, at the white balance
+    ``wb`` (default: as shot).
 
     ``gain`` overrides the exposure computation (the model pipeline passes the one it used).
     """
-    linear = develop_linear(raw)
+    rggb = normalized_rggb(raw) if raw.is_bayer else None
     if gain is None:
-        gain = exposure_gain(linear, exposure_ev, auto_exposure)
-    # In strips of rows, which stay in cache: half the time on a 24 MP frame.
-    display = torch.cat([srgb_encode(strip * gain) for strip in linear.split(256, dim=1)], dim=1)
-    return orient(display, raw.orientation)
+        gain = exposure_gain(exposure_reference(raw, rggb), exposure_ev, auto_exposure)
+    return display_from_linear(develop_linear(raw, wb, rggb), gain, raw.orientation)
+
+
+# --- --strength ---------------------------------------------------------------------------------
+
+_REC709_LUMA = (0.2126, 0.7152, 0.0722)  # the luminance of linear sRGB
+
+
+def blend_restored(restored: torch.Tensor, classical: torch.Tensor, strength: float, chroma_strength: float,
+                   luma: np.ndarray | None = None, neutral: np.ndarray | None = None) -> torch.Tensor:
+    """``classical`` + ``strength`` x the luminance part of (restored - classical) + ``chroma_strength``
+    x the rest (its chroma), on linear (3, H, W) images: strength 1 and 1 give ``restored``, 0 and 0
+    exactly ``classical`` (added zeros), values between keep some of the classical grain.
+
+    The luminance part of a difference d is (luma . d) x neutral: by default Rec. 709 luminance and
+    grey in linear sRGB. Another linear space passes the same split expressed in it (``luma`` the
+    luminance weights, ``neutral`` its grey, luma . neutral = 1), which gives the same blend."""
+    weights = torch.tensor(_REC709_LUMA if luma is None else luma, dtype=restored.dtype)
+    grey = torch.ones(3, dtype=restored.dtype) if neutral is None else torch.as_tensor(neutral, dtype=restored.dtype)
+    difference = restored - classical
+    luminance = torch.einsum("c,chw->hw", weights, difference)[None] * grey[:, None, None]
+    return difference.mul_(chroma_strength).add_(luminance, alpha=strength - chroma_strength).add_(classical)

@@ -6,9 +6,11 @@ half-written picture under the final name (and rerunning a batch can trust what 
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
+import shutil
 import struct
 import uuid
 import zlib
@@ -24,6 +26,8 @@ from . import __version__
 FORMAT_EXTENSIONS = {"jpeg": ".jpg", "tiff": ".tif", "png": ".png"}
 # Extensions recognised when a format has to be guessed from an output name.
 EXTENSION_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".png": "png"}
+# Other names a format goes by (--format jpg, as -o x.jpg).
+FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 
 SOFTWARE = f"rawrestore {__version__}"
 _EXIF_DATETIME = re.compile(r"^\d{4}:\d{2}:\d{2} \d{2}:\d{2}:\d{2}$")
@@ -48,6 +52,11 @@ def srgb_icc_profile() -> bytes:
 def format_for(path: Path) -> str | None:
     """The output format an extension asks for, or None when it names none."""
     return EXTENSION_FORMATS.get(path.suffix.lower())
+
+
+def extensions_of(fmt: str | None = None) -> list[str]:
+    """The extensions an output of ``fmt`` (None: of any format) may have."""
+    return [ext for ext, name in EXTENSION_FORMATS.items() if fmt in (None, name)]
 
 
 def to_pixels(image: torch.Tensor, bits: int) -> np.ndarray:
@@ -82,11 +91,25 @@ def write_image(path: str | Path, image: torch.Tensor, fmt: str = "jpeg", bits: 
     meta = exif or {}
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        _WRITERS[fmt](tmp, pixels, quality, meta)
+        try:
+            _WRITERS[fmt](tmp, pixels, quality, meta)
+        except OSError as err:
+            # numpy's tofile, which tifffile writes with, reports a full disk as "N requested and
+            # M written", without an errno.
+            if err.errno is None and shutil.disk_usage(tmp.parent).free < pixels.nbytes - _size(tmp):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _exif_datetime(meta: dict) -> str | None:
@@ -118,6 +141,8 @@ def exif_bytes(meta: dict) -> bytes:
     exposure = exif.get_ifd(IFD.Exif)  # Pillow keeps this dict and writes it as the sub-IFD
     if taken:
         exposure[Base.DateTimeOriginal] = taken
+    if meta.get("lens"):
+        exposure[Base.LensModel] = str(meta["lens"])
     if meta.get("iso"):
         exposure[Base.ISOSpeedRatings] = int(round(meta["iso"]))
     for tag, key in ((Base.ExposureTime, "exposure_time"), (Base.FNumber, "f_number"),
@@ -134,15 +159,74 @@ def _write_jpeg(path: Path, pixels: np.ndarray, quality: int, meta: dict) -> Non
                                         icc_profile=srgb_icc_profile(), exif=exif_bytes(meta))
 
 
+_EXIF_IFD_POINTER = 34665
+# tifffile refuses to write the ExifIFD tag (it writes no EXIF IFD): this unassigned tag, which
+# sorts to the same place among IFD0's entries, holds its place and is renamed once the IFD exists.
+_EXIF_IFD_PLACEHOLDER = _EXIF_IFD_POINTER - 1
+
+
 def _write_tiff(path: Path, pixels: np.ndarray, quality: int, meta: dict) -> None:
     import tifffile
 
     tags = [(tag, "s", 0, str(meta[key]), True)
             for tag, key in ((271, "make"), (272, "model")) if meta.get(key)]
+    exif = _exif_entries(meta)
+    if exif:
+        tags.append((_EXIF_IFD_PLACEHOLDER, "I", 1, 0, True))  # made the pointer by _append_exif_ifd
     # Uncompressed on purpose: zlib costs seconds on a 24 MP 16-bit frame.
     tifffile.imwrite(path, pixels, photometric="rgb", compression=None, metadata=None,
                      iccprofile=srgb_icc_profile(), software=SOFTWARE,
                      datetime=_exif_datetime(meta), extratags=tags)
+    if exif:
+        _append_exif_ifd(path, exif)
+
+
+def _exif_entries(meta: dict) -> list[tuple[int, int, int, bytes]]:
+    """The EXIF sub-IFD's entries for RawImage.exif, as (tag, TIFF type, count, little-endian
+    value), sorted by tag: the same fields as the JPEG's."""
+    ascii_, short, rational, undefined = 2, 3, 5, 7
+    entries = []
+    for tag, key in ((33434, "exposure_time"), (33437, "f_number"), (37386, "focal_length")):
+        if meta.get(key):
+            fraction = Fraction(float(meta[key])).limit_denominator(100_000)
+            entries.append((tag, rational, 1, struct.pack("<II", fraction.numerator, fraction.denominator)))
+    if meta.get("iso"):
+        entries.append((34855, short, 1, struct.pack("<H", min(65535, int(round(meta["iso"]))))))
+    if entries or meta.get("lens") or _exif_datetime(meta):
+        entries.append((36864, undefined, 4, b"0232"))  # ExifVersion, required in an EXIF IFD
+    for tag, text in ((36867, _exif_datetime(meta)), (42036, meta.get("lens"))):  # DateTimeOriginal, LensModel
+        if text:
+            value = str(text).encode("ascii", "replace") + b"\0"
+            entries.append((tag, ascii_, len(value), value))
+    return sorted(entries)
+
+
+def _append_exif_ifd(path: Path, entries: list[tuple[int, int, int, bytes]]) -> None:
+    """Append the EXIF IFD to a TIFF tifffile wrote and point its ExifIFD tag there: tifffile
+    writes none itself, and photo software reads the exposure and the lens from one."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if tif.byteorder != "<" or tif.is_bigtiff:
+            raise OutputError("unexpected TIFF layout from tifffile (expected little-endian classic TIFF)")
+        placeholder = tif.pages[0].tags[_EXIF_IFD_PLACEHOLDER]
+        entry, pointer = placeholder.offset, placeholder.valueoffset
+    with open(path, "r+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        start = end + end % 2  # IFDs and their values start on a word boundary
+        values_at = start + 2 + 12 * len(entries) + 4
+        table, values = [struct.pack("<H", len(entries))], b""
+        for tag, kind, count, value in entries:
+            if len(value) <= 4:
+                table.append(struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0"))
+            else:
+                table.append(struct.pack("<HHII", tag, kind, count, values_at + len(values)))
+                values += value + b"\0" * (len(value) % 2)
+        fh.write(b"\0" * (start - end) + b"".join(table) + struct.pack("<I", 0) + values)
+        fh.seek(entry)
+        fh.write(struct.pack("<H", _EXIF_IFD_POINTER))
+        fh.seek(pointer)
+        fh.write(struct.pack("<I", start))
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -17,15 +17,32 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .conditioning import binned_linear, model_input, render_condition, render_detail
-from .isp import crop_back, develop_classical, exposure_gain, normalized_rggb, orient, pack
+from .conditioning import model_input, render_condition, render_detail
+from .isp import (
+    Rggb,
+    binned_linear,
+    blend_restored,
+    crop_back,
+    demosaic_in_strips,
+    develop_linear,
+    display_from_linear,
+    exposure_reference,
+    frame_exposure_ev,
+    normalized_rggb,
+    orient,
+    pack,
+    srgb_decode,
+    white_balance_mosaic,
+)
 from .noise import estimate_noise
 from .rawio import RawImage
 from .restore import CoreWeights, is_core_weights, load_core, render, restored_raw
 from .styles import get_style
+from .whitebalance import parse_white_balance
 
 DEFAULT_STEPS = 1  # 2, 4 and 8 measured no better with the shipped weights (README)
 STEP_CHOICES = (1, 2, 4, 8)  # what the denoiser is trained for
@@ -45,6 +62,15 @@ class DevelopOptions:
     seed: int = 0
     tile: int = 256                # tile side in latent pixels (x4 sensor pixels)
     overlap: int = 24              # tile overlap in latent pixels
+    wb: str = "camera"             # camera | auto | daylight | tungsten | fluorescent | a temperature in K
+    strength: float = 1.0          # share of the restoration kept; the rest is the classical development
+    chroma_strength: float | None = None  # the same for the chroma; None: as ``strength``
+
+
+@dataclass
+class Developed:
+    image: torch.Tensor  # display sRGB (3, H, W) in [0, 1], upright
+    exposure_ev: float   # the exposure applied: the auto lift plus ``exposure_ev``
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,6 +114,11 @@ class Developer:
     def __init__(self, options: DevelopOptions | None = None):
         self.options = opts = options or DevelopOptions()
         self.style = get_style(opts.style)  # raises StyleError before any file is read
+        self.white_balance = parse_white_balance(opts.wb)  # so does a bad --wb (WhiteBalanceError)
+        self.chroma_strength = opts.strength if opts.chroma_strength is None else opts.chroma_strength
+        for name, value in (("strength", opts.strength), ("chroma strength", self.chroma_strength)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {value:g}")
         keep_freed_memory()
         self.model = None
         self.core: CoreWeights | None = None
@@ -113,36 +144,70 @@ class Developer:
     def uses_model(self, raw: RawImage) -> bool:
         return self.model is not None and raw.is_bayer
 
+    @property
+    def blends(self) -> bool:
+        """Whether some of the classical development is mixed back in (``--strength`` below 1)."""
+        return (self.options.strength, self.chroma_strength) != (1.0, 1.0)
+
     def develop(self, raw: RawImage) -> torch.Tensor:
+        return self.develop_frame(raw).image
+
+    def develop_frame(self, raw: RawImage) -> Developed:
+        """:meth:`develop`, with the exposure it applied."""
         opts = self.options
+        wb = self.white_balance.multipliers(raw)
+        rggb = normalized_rggb(raw) if raw.is_bayer else None
+        ev = frame_exposure_ev(exposure_reference(raw, rggb), opts.exposure_ev, opts.auto_exposure)
+        gain = 2.0 ** ev
         if not self.uses_model(raw):
-            image = develop_classical(raw, exposure_ev=opts.exposure_ev, auto_exposure=opts.auto_exposure)
-            return self.style(image)
-        if self.core is not None:
+            image = self.style(display_from_linear(develop_linear(raw, wb, rggb), gain, raw.orientation))
+        elif self.core is not None:
             native = restored_raw(self.core, raw, opts.steps, opts.seed, opts.tile, self.device, self.dtype)
-            return self.style(render(native, raw, opts.exposure_ev, opts.auto_exposure))
-        return self._develop_model(raw)
+            if self.blends:
+                native = self._blend_native(native, raw, rggb, wb)
+            image = self.style(render(native, raw, ev, False, wb))
+        else:
+            image = self._develop_model(raw, rggb, wb, gain)
+        return Developed(image, ev)
+
+    def _blend_native(self, native: torch.Tensor, raw: RawImage, rggb: Rggb, wb: np.ndarray) -> torch.Tensor:
+        """``--strength`` on the restored RAW (camera-native RGB): the classical demosaic of the
+        original in the same space, the blend's luminance split expressed in it (linear sRGB's,
+        through the multipliers and the matrix that render it)."""
+        mosaic, offset = rggb
+        classical = crop_back(demosaic_in_strips(white_balance_mosaic(mosaic, wb)), offset, raw.mosaic.shape)
+        classical /= torch.as_tensor(wb, dtype=torch.float32)[:, None, None]
+        luma = np.array([0.2126, 0.7152, 0.0722]) @ raw.srgb_from_cam @ np.diag(wb)
+        return blend_restored(native, classical, self.options.strength, self.chroma_strength, luma, 1 / wb)
 
     @torch.inference_mode()
-    def _develop_model(self, raw: RawImage) -> torch.Tensor:
+    def _develop_model(self, raw: RawImage, rggb: Rggb, wb: np.ndarray, gain: float) -> torch.Tensor:
+        """v15: the model renders display sRGB from the RAW balanced as shot (its input) and from the
+        colour condition and detail, which the ISP renders at ``wb``."""
         opts = self.options
         h, w = raw.mosaic.shape
-        mosaic, offset = normalized_rggb(raw)
+        mosaic, offset = rggb
         # Reflect-pad by an even amount (keeps the CFA phase) so that the latent grid (H/4) is a
         # multiple of 4, as the denoiser's two downsamplings need.
         pad_y, pad_x = (-mosaic.shape[0]) % 16, (-mosaic.shape[1]) % 16
         if pad_y or pad_x:
             mosaic = F.pad(mosaic[None, None], (0, pad_x, 0, pad_y), mode="reflect")[0, 0]
         packed = pack(mosaic)
-        linear = binned_linear(packed, raw.wb, raw.srgb_from_cam)
-        gain = exposure_gain(linear, opts.exposure_ev, opts.auto_exposure)
         x, noise_std = model_input(packed, raw.wb, gain, noise=estimate_noise(packed))
-        condition = render_condition(linear, gain)
-        color = self.style(condition)
-        detail_of = partial(render_detail, wb=raw.wb, srgb_from_cam=raw.srgb_from_cam, gain=gain)
+        condition = render_condition(binned_linear(packed, wb, raw.srgb_from_cam), gain)
+        # Blending needs the restoration unstyled; the style then applies to the blend, as to --classical.
+        color = condition if self.blends else self.style(condition)
+        detail_of = partial(render_detail, wb=wb, srgb_from_cam=raw.srgb_from_cam, gain=gain)
         image = develop_tiled(self.model, x, noise_std, color, condition, packed, detail_of, opts.steps, opts.seed,
                               opts.tile, opts.overlap, self.device, self.dtype)
-        return orient(crop_back(image.clamp_(0, 1), offset, (h, w)), raw.orientation)
+        image = crop_back(image.clamp_(0, 1), offset, (h, w))
+        if not self.blends:
+            return orient(image, raw.orientation)
+        # v15 renders display sRGB: its output goes back to linear sRGB through the inverses of the
+        # sRGB curve and of the exposure, where it meets the classical development before both.
+        restored = srgb_decode(image).div_(gain)
+        blended = blend_restored(restored, develop_linear(raw, wb, rggb), opts.strength, self.chroma_strength)
+        return self.style(display_from_linear(blended, gain, raw.orientation))
 
 
 # --- The model on prepared inputs ----------------------------------------------------------------

@@ -5,6 +5,10 @@ never a rawpy object, so tests and the synthetic-data code can build one directl
 """
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +50,9 @@ class RawImage:
     orientation: int = 1                   # EXIF orientation to apply to the pixels
     rgb: np.ndarray | None = None          # (H, W, 3) linear sRGB in [0, 1] for non-Bayer files
     kind: str = "bayer"                    # 'bayer' | 'x-trans' | 'linear' | 'foveon' | 'mono' | ...
-    exif: dict = field(default_factory=dict)  # make, model, iso, exposure_time, f_number, focal_length, datetime
+    exif: dict = field(default_factory=dict)  # make, model, lens, iso, exposure_time, f_number, focal_length, datetime
     path: Path | None = None
+    daylight_wb: np.ndarray | None = None  # (3,) multipliers that make D65 white neutral, G = 1 (LibRaw's pre_mul)
 
     @property
     def is_bayer(self) -> bool:
@@ -114,17 +119,25 @@ def _exif_tags(path: Path) -> dict:
                 return value
         return None
 
-    orient = tags.get("Image Orientation")
     return {
         "make": text("Image Make"),
         "model": text("Image Model"),
+        "lens": text("EXIF LensModel", "Image LensModel"),
         "datetime": text("EXIF DateTimeOriginal", "Image DateTimeOriginal", "Image DateTime"),
         "iso": number("EXIF ISOSpeedRatings", "Image ISOSpeedRatings"),
         "exposure_time": number("EXIF ExposureTime", "Image ExposureTime"),
         "f_number": number("EXIF FNumber", "Image FNumber"),
         "focal_length": number("EXIF FocalLength", "Image FocalLength"),
-        "orientation": int(orient.values[0]) if orient is not None and orient.values else None,
+        "orientation": _orientation(tags.get("Image Orientation")),
     }
+
+
+def _orientation(tag) -> int | None:
+    """The EXIF orientation 1-8, or None where the tag is missing or not a small integer (a damaged
+    file can give it any type: text, a rational, a float)."""
+    values = getattr(tag, "values", None)
+    value = values[0] if isinstance(values, list) and values else None
+    return value if type(value) is int and 1 <= value <= 8 else None
 
 
 _FLIP_TO_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
@@ -152,6 +165,11 @@ def srgb_from_cam_matrix(cam_from_xyz: np.ndarray) -> np.ndarray:
     return np.linalg.inv(cam_srgb)
 
 
+def _daylight_white_balance(raw) -> np.ndarray | None:
+    wb = np.asarray(raw.daylight_whitebalance, dtype=np.float64)[:3]
+    return wb / wb[1] if wb[1] > 0 and np.all(wb > 0) else None
+
+
 def _white_balance(raw) -> np.ndarray:
     for wb in (raw.camera_whitebalance, raw.daylight_whitebalance):
         wb = np.asarray(wb, dtype=np.float64)[:3]
@@ -169,6 +187,8 @@ def read_raw(path: str | Path) -> RawImage:
         raise RawReadError(f"{path}: no such file")
     if path.is_dir():
         raise RawReadError(f"{path}: is a folder, not a RAW file")
+    if not path.is_file():  # opening a FIFO would wait for a writer
+        raise RawReadError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise RawReadError(f"{path}: empty file (0 bytes)")
     try:
@@ -211,17 +231,24 @@ def _from_rawpy(raw, path: Path) -> RawImage:
     srgb_from_cam = _camera_matrix(raw)
     cfa = _layout_from_rawpy(raw) if raw.raw_type == rawpy.RawType.Flat else None
     common = dict(white=white, wb=wb, srgb_from_cam=srgb_from_cam, orientation=orientation,
-                  exif=exif, path=path)
+                  exif=exif, path=path, daylight_wb=_daylight_white_balance(raw))
+    # A damaged header can put the white level at or below the black level: every pixel would
+    # develop to black.
+    if white <= max(raw.black_level_per_channel):
+        raise RawReadError(f"{path}: damaged RAW (white level {white:g} is not above the black level "
+                           f"{max(raw.black_level_per_channel):g})")
     if cfa is not None:
         mosaic = raw.raw_image_visible.astype(np.float32)
         colors = np.asarray(raw.raw_colors_visible[:2, :2])
         black = np.asarray(raw.black_level_per_channel, dtype=np.float32)[colors]
-        if not np.isfinite(mosaic).all() or mosaic.max() <= 0:
+        if not np.isfinite(mosaic).all() or mosaic.max() <= black.min():
             raise RawReadError(f"{path}: RAW holds no image data")
         return RawImage(cfa=cfa, mosaic=mosaic, black=black, kind="bayer", **common)
     kind = _non_bayer_kind(raw)
     rgb = raw.postprocess(use_camera_wb=True, no_auto_bright=True, output_bps=16, gamma=(1, 1),
                           output_color=rawpy.ColorSpace.sRGB, user_flip=0)
+    if rgb.shape[2] == 1:  # a monochrome sensor (or a CFA LibRaw reads as one): grey in sRGB
+        rgb = np.repeat(rgb, 3, axis=2)
     return RawImage(cfa=None, mosaic=None, black=np.zeros((2, 2), np.float32), kind=kind,
                     rgb=rgb.astype(np.float32) / 65535.0, **common)
 
@@ -235,6 +262,28 @@ def _non_bayer_kind(raw) -> str:
     if raw.raw_type != raw.raw_type.Flat:
         return "linear"
     return "other"
+
+
+@contextmanager
+def libraw_muted() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null meanwhile. LibRaw prints its own complaints ("Unexpected
+    end of file") straight to it, for files that :func:`read_raw` turns into one-line errors."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def read_raw_quietly(path: str | Path) -> RawImage:
+    """:func:`read_raw` with LibRaw's own messages muted."""
+    with libraw_muted():
+        return read_raw(path)
 
 
 def iter_raw_files(root: Path, recursive: bool) -> list[Path]:

@@ -32,6 +32,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -46,7 +47,8 @@ from .models import RVAE, LatentDenoiser
 from .models.blocks import ResBlock
 from .schedulers import IRSDEScheduler, sample
 from .pipeline import STEP_CHOICES, develop_latent, keep_freed_memory
-from .weights import ModelBundle, bundle_from_config, read_weights, save_bundle, with_current_bands
+from .weights import (ModelBundle, WeightsError, bundle_from_config, checked_config, read_weights, refuse_pickle,
+                      save_bundle, with_current_bands)
 
 WIDE_LR_SCALE = 5.0  # see main()
 
@@ -133,20 +135,84 @@ def fresh_bundle(config: dict | None = None) -> ModelBundle:
     return bundle_from_config(config) if config else ModelBundle(RVAE(), LatentDenoiser(), IRSDEScheduler())
 
 
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def write_checkpoint(path: Path, bundle: ModelBundle, ema: ModelBundle, opt: torch.optim.Optimizer, step: int,
+                     elapsed: float) -> None:
+    """A run's state, to resume it: the networks, their EMA and the optimiser's moments as safetensors,
+    with the config, the step, the time spent and the optimiser's settings as JSON in its header.
+    No pickle: loading one can run any code in it. Written to a temporary and renamed into place."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in bundle.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for i, param in enumerate(params):
+        for key, value in opt.state.get(param, {}).items():
+            tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    groups = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+    run = {"step": step, "elapsed": elapsed, "param_groups": groups}
+    tmp = path.with_name(f"{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"config": json.dumps(bundle.config()), "run": json.dumps(run)})
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict]:
+    """A checkpoint's config, its tensors by part ('model', 'ema', 'opt') and its run state."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    refuse_pickle(path)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            header = fh.metadata() or {}
+        config, run = json.loads(header["config"]), json.loads(header["run"])
+        tensors = load_file(str(path))
+    except Exception as err:
+        raise WeightsError(f"{path}: not a rawrestore checkpoint ({err})") from None
+    parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "opt": {}}
+    for key, value in tensors.items():
+        part, _, name = key.partition(".")
+        parts.setdefault(part, {})[name] = value
+    return checked_config(config, path), parts, run
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return "run" in (fh.metadata() or {})
+    except Exception:
+        return False
+
+
+def load_optimizer(opt: torch.optim.Optimizer, moments: dict[str, torch.Tensor], run: dict) -> None:
+    """Restore the optimiser :func:`write_checkpoint` saved (its parameters in the same order)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in moments.items():
+        index, _, name = key.partition(".")
+        state.setdefault(int(index), {})[name] = value
+    current = opt.state_dict()["param_groups"]
+    opt.load_state_dict({"state": state, "param_groups": [{**saved, "params": group["params"]}
+                                                           for saved, group in zip(run["param_groups"], current, strict=True)]})
+
+
 def load_init(path: str, wide_hidden: int = 0, half_hidden: int = 0) -> tuple[ModelBundle, list[str]]:
-    """The networks of a run's checkpoint.pt (its EMA) or of a weights .safetensors, in the shape
+    """The networks of a run's checkpoint.safetensors (its EMA) or of a weights .safetensors, in the shape
     they were saved with, or grown: ``wide_hidden`` > 0 adds the decoder's wide RAW block of that
     inner width, ``half_hidden`` > 0 widens the inner width of the decoder's ResBlocks at H/2 to it.
     Returns them and the layers the file lacks (those keep their initialisation, which makes them
     start as no-ops). A grown layer keeps the file's weights in its leading channels; the rest keep
     their initialisation, which for a ResBlock's second convolution is zero, so the new inner
     channels start as no-ops too."""
-    if path.endswith(".safetensors"):  # shipped weights (e.g. rawrestore/weights/)
+    refuse_pickle(path)
+    if is_checkpoint(path):
+        config, parts, _ = read_checkpoint(Path(path))
+        weights = with_current_bands(parts["ema"])
+    else:  # weights (e.g. rawrestore/weights/)
         config, weights = read_weights(path)
-    else:
-        state = torch.load(path, weights_only=False)
-        config, weights = state.get("config"), with_current_bands(state["ema"])
-    config = config or fresh_bundle().config()
     if wide_hidden:
         config = {**config, "rvae_wide_hidden": wide_hidden}
     if half_hidden:
@@ -336,7 +402,15 @@ def share_stage(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        _main(argv)
+    except WeightsError as err:  # an --init or checkpoint file refused: one line, not a traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+def _main(argv: list[str] | None) -> None:
+    p = argparse.ArgumentParser(prog="rawrestore train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=["../shared/data/srgb"], help="folders of clean photos")
     p.add_argument("--darktable-profiles", default="../shared/data/noise_models/darktable_noiseprofiles.json")
     p.add_argument("--out", default="runs/v1")
@@ -352,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", default=None, help="write the EMA weights to this .safetensors at the end")
     p.add_argument("--init", default=None,
-                   help="start a new run from another run's checkpoint.pt or a weights .safetensors "
+                   help="start a new run from another run's checkpoint.safetensors or a weights .safetensors "
                         "(weights only; layers it lacks keep their initialisation, which makes them "
                         "start as no-ops)")
     p.add_argument("--calibrate-share", type=int, default=0, metavar="SAMPLES",
@@ -381,6 +455,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="measure what the latent diffusion adds to the --init weights, and what a perfect "
                         "latent would add, on --val-size validation samples; then exit")
     args = p.parse_args(argv)
+    # Refused before anything is made: rawrestore loads no pickle.
+    if args.init:
+        refuse_pickle(args.init)
+    old_checkpoint = Path(args.out) / "checkpoint.pt"
+    if old_checkpoint.exists() and not (Path(args.out) / CHECKPOINT).exists():
+        raise WeightsError(f"{old_checkpoint}: a checkpoint of an older rawrestore, a pickle, which rawrestore "
+                           "no longer loads (loading it can run any code in it); use another --out")
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # the batches' temporaries, as at inference
@@ -411,10 +492,10 @@ def main(argv: list[str] | None = None) -> None:
         say(f"{args.init}, {args.val_size} validation samples: {format_headroom(latent_headroom(load_init(args.init)[0], val))}")
         return
     step, elapsed = 0, 0.0
-    ckpt = out / "checkpoint.pt"
-    state = torch.load(ckpt, weights_only=False, map_location="cpu") if ckpt.exists() else None
+    ckpt = out / CHECKPOINT
+    state = read_checkpoint(ckpt) if ckpt.exists() else None
     if state is not None:  # resume: the networks in the shape they were saved with
-        bundle = fresh_bundle(state.get("config"))
+        bundle = fresh_bundle(state[0])
     else:
         say(f"config {json.dumps(vars(args))}")
         bundle = fresh_bundle()
@@ -441,10 +522,11 @@ def main(argv: list[str] | None = None) -> None:
         groups.append({"params": [p for n, p in bundle.named_parameters() if n in wide], "lr_scale": WIDE_LR_SCALE})
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-4)
     if state is not None:  # (loading copies the CPU tensors to the networks' device)
-        bundle.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed = state["step"], state["elapsed"]
+        _, parts, run = state
+        bundle.load_state_dict(parts["model"])
+        ema.load_state_dict(parts["ema"])
+        load_optimizer(opt, parts["opt"], run)
+        step, elapsed = run["step"], run["elapsed"]
         say(f"resumed at step {step}, {elapsed / 60:.1f} min in")
     say(f"{len(train.paths)} training photos, {len(val_set.paths)} validation photos")
     loader = torch.utils.data.DataLoader(
@@ -457,8 +539,7 @@ def main(argv: list[str] | None = None) -> None:
     running: dict[str, float] = {}
 
     def save_checkpoint() -> None:
-        torch.save({"model": bundle.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "config": bundle.config(), "step": step, "elapsed": time.time() - start}, ckpt)
+        write_checkpoint(ckpt, bundle, ema, opt, step, time.time() - start)
 
     try:
         for batch in loader:

@@ -79,22 +79,87 @@ def load_bundle(path: str | Path, sha256: str | None = None) -> ModelBundle:
                            "(corrupted or replaced; reinstall rawrestore or pass --weights)")
     config, state = read_weights(path)
     bundle = bundle_from_config(config)
-    bundle.load_state_dict(state)
+    try:
+        bundle.load_state_dict(state)
+    except RuntimeError:  # torch lists every mismatch, dozens of lines
+        raise WeightsError(f"{path}: its tensors do not fit the networks its config describes "
+                           "(a damaged or foreign weights file)") from None
     return bundle.eval()
 
 
+# Pickles (torch.save's format) run code when loaded: rawrestore reads none.
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
+
+
+def refuse_pickle(path: str | Path) -> None:
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        raise WeightsError(f"{path}: a PyTorch pickle; rawrestore loads only .safetensors files "
+                           "(loading a pickle can run any code in it)")
+
+
 def read_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """A weights file's config (from its header) and tensors, older files' in today's shapes."""
+    """A weights file's config (from its header, bounded) and tensors (every one finite), older
+    files' in today's shapes."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    refuse_pickle(path)
     try:
         with safe_open(str(path), "pt") as fh:
             config = json.loads(fh.metadata()["config"])
+    except Exception as err:
+        raise WeightsError(f"{path}: not a rawrestore weights file ({err})") from None
+    config = checked_config(config, path)
+    try:
         state = load_file(str(path))
     except Exception as err:
         raise WeightsError(f"{path}: not a rawrestore weights file ({err})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise WeightsError(f"{path}: tensor {name} holds NaN or infinite values (damaged weights)")
     return config, with_current_bands(state)
+
+
+# Bounds of a weights file's config, checked before any network is built from it, so that a crafted
+# header cannot make rawrestore allocate gigabytes; every shipped model is far inside them.
+MAX_CHANNELS = 1024
+MAX_TIMESTEPS = 10_000
+
+
+def checked_config(config: object, path: str | Path) -> dict:
+    """``config`` (a weights header's) if every value is of its type and within bounds."""
+    def bad(key: str, value: object) -> WeightsError:
+        return WeightsError(f"{path}: weights config {key} = {value!r} is out of bounds (a damaged or "
+                            "crafted header)")
+
+    def channels(key: str, value: object, least: int = 1) -> None:
+        if type(value) is not int or not least <= value <= MAX_CHANNELS:
+            raise bad(key, value)
+
+    if not isinstance(config, dict) or not isinstance(config.get("scheduler"), dict):
+        raise WeightsError(f"{path}: not a rawrestore weights file (no model config in its header)")
+    channels("latent_channels", config.get("latent_channels"))
+    for key in ("rvae_hidden", "rvae_half_hidden", "rvae_wide_hidden"):
+        if key in config:
+            channels(key, config[key], least=0 if key == "rvae_wide_hidden" else 1)
+    for key in ("denoiser_widths", "denoiser_hidden"):
+        if key in config or key == "denoiser_widths":
+            values = config.get(key)
+            if not isinstance(values, list) or len(values) != 3:
+                raise bad(key, values)
+            for value in values:
+                channels(key, value)
+    scheduler = config["scheduler"]
+    steps, start, lam = (scheduler.get(k) for k in ("num_train_timesteps", "t_start", "lam"))
+    if set(scheduler) != {"num_train_timesteps", "t_start", "lam"}:
+        raise bad("scheduler", scheduler)
+    if type(steps) is not int or not 1 <= steps <= MAX_TIMESTEPS:
+        raise bad("scheduler.num_train_timesteps", steps)
+    if type(start) is not int or not 1 <= start <= steps:
+        raise bad("scheduler.t_start", start)
+    if type(lam) not in (int, float) or not 0 < lam <= 100:
+        raise bad("scheduler.lam", lam)
+    return config
 
 
 def with_current_bands(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -146,28 +211,84 @@ def bundled_weights_path(entry: WeightsEntry) -> Path:
     return Path(str(resources.files("rawrestore").joinpath("weights", Path(entry.file).name)))
 
 
+HUB_TIMEOUT_S = 5.0  # for the hub's first answer; a reachable hub answers within a second
+
+
 def hub_weights_path(entry: WeightsEntry) -> Path:
-    """Fetch the published copy through huggingface_hub's cache (respects HF_HUB_OFFLINE)."""
-    from huggingface_hub import hf_hub_download
+    """The published copy from huggingface_hub's cache, else downloaded (not with HF_HUB_OFFLINE).
+
+    Before downloading, one request with a short timeout and no retries asks the hub for the file:
+    hf_hub_download alone retries an unreachable hub for about 24 s, logging each retry."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    where = f"{entry.hub_repo}/{entry.hub_filename}@{entry.hub_revision}"
+    fallback = "use the bundled weights (the default) or --weights PATH"
     try:
         return Path(hf_hub_download(entry.hub_repo, entry.hub_filename, revision=entry.hub_revision,
-                                    local_files_only=offline))
+                                    local_files_only=True))
     except LocalEntryNotFoundError:
-        raise WeightsError(f"weights {entry.hub_repo}/{entry.hub_filename}@{entry.hub_revision} are not in the "
-                           "local Hugging Face cache and the hub cannot be reached (offline); "
-                           "use the bundled weights (the default) or --weights PATH") from None
-    except Exception as err:  # network errors, missing repo, auth
-        raise WeightsError(f"could not download weights from the hub: {type(err).__name__}: {err}") from None
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        raise WeightsError(f"weights {where} are not in the local Hugging Face cache and HF_HUB_OFFLINE is set (offline); "
+                           f"{fallback}")
+    try:
+        get_hf_file_metadata(hf_hub_url(entry.hub_repo, entry.hub_filename, revision=entry.hub_revision),
+                             timeout=HUB_TIMEOUT_S)
+    except Exception as err:  # no network, no such repo or file, refused
+        raise WeightsError(f"weights {where} are not in the local Hugging Face cache and the hub cannot be "
+                           f"reached (offline? {type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no reply'}); "
+                           f"{fallback}") from None
+    try:
+        return Path(hf_hub_download(entry.hub_repo, entry.hub_filename, revision=entry.hub_revision))
+    except Exception as err:  # the connection broke during the download
+        raise WeightsError(f"could not download weights {where} from the hub: {type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else 'no reply'}") from None
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """A weights file, its sha256, and whether weights.toml lists that sha256 (one of our releases)."""
+    path: Path
+    sha256: str
+    verified: bool
+
+
+def listed_sha256() -> set[str]:
+    """The sha256 of every weights file the packaged weights.toml lists."""
+    text = resources.files("rawrestore").joinpath("weights/weights.toml").read_text()
+    return {entry["sha256"] for entry in tomllib.loads(text)["weights"]}
+
+
+def weights_source(spec: str | None = None) -> WeightsSource:
+    """Where ``spec`` (as :func:`load_weights` takes it) points, checked: the bundled and the hub
+    copy must match weights.toml; a file of the user's is verified when weights.toml lists its
+    sha256, and is otherwise unverified (the caller warns)."""
+    if spec is None or spec == "hub":
+        entry = manifest()
+        path = bundled_weights_path(entry) if spec is None else hub_weights_path(entry)
+        if not path.is_file():
+            raise WeightsError(f"weights file not found: {path}")
+        if (actual := sha256_of(path)) != entry.sha256:
+            raise WeightsError(f"weights file {path} has sha256 {actual[:12]}…, expected {entry.sha256[:12]}… "
+                               "(corrupted or replaced; reinstall rawrestore or pass --weights)")
+        return WeightsSource(path, actual, True)
+    from safetensors import safe_open
+
+    path = Path(spec)
+    refuse_pickle(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), "pt"):  # the header alone: a pickle under another name fails here
+            pass
+    except Exception as err:
+        raise WeightsError(f"{path}: not a rawrestore weights file ({err})") from None
+    actual = sha256_of(path)
+    return WeightsSource(path, actual, actual in listed_sha256())
 
 
 def load_weights(spec: str | None = None) -> ModelBundle:
     """``None``: the bundled weights (sha256-checked); ``'hub'``: the hub copy (sha256-checked);
-    anything else: a path to a .safetensors file of the user's."""
-    if spec is None or spec == "hub":
-        entry = manifest()
-        path = bundled_weights_path(entry) if spec is None else hub_weights_path(entry)
-        return load_bundle(path, sha256=entry.sha256)
-    return load_bundle(spec)
+    anything else: a path to a .safetensors file of the user's (see :func:`weights_source`)."""
+    return load_bundle(weights_source(spec).path)

@@ -41,13 +41,14 @@ def synthetic_scene(height: int = 128, width: int = 192) -> np.ndarray:
     return np.repeat(np.repeat(grid, 32, axis=0), 32, axis=1)
 
 
-def make_dng(path: Path, cfa: str = "RGGB", **metadata) -> Path:
-    """A 128 x 192 Bayer DNG of :func:`synthetic_scene` as this camera would record it."""
+def make_dng(path: Path, cfa: str = "RGGB", exposure: float = 1.0, **metadata) -> Path:
+    """A 128 x 192 Bayer DNG of :func:`synthetic_scene` as this camera would record it, its light
+    scaled by ``exposure`` (1: the brightest channel on white at 0.9 of clipping)."""
     black, white = 256.0, 16383.0
     cam_from_srgb = CAM_FROM_XYZ @ XYZ_FROM_SRGB
     neutral = cam_from_srgb @ np.ones(3)           # the camera's response to white
     wb = neutral[1] / neutral                      # multipliers that make white neutral, G = 1
-    camera = synthetic_scene() @ cam_from_srgb.T * (0.9 / neutral.max())
+    camera = synthetic_scene() @ cam_from_srgb.T * (0.9 * exposure / neutral.max())
     sites = np.array(["RGB".index(c) for c in cfa]).reshape(2, 2)
     h, w, _ = camera.shape
     colour = np.tile(sites, (h // 2, w // 2))
@@ -83,10 +84,11 @@ def assert_srgb_icc(profile: bytes) -> None:
     assert "sRGB" in ImageCms.getOpenProfile(io.BytesIO(profile)).profile.profile_description
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m rawrestore ARGS`` as a user would run it, output captured as text."""
+def run_cli(*args: str | Path, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m rawrestore ARGS`` as a user would run it, output captured as text; ``env``
+    adds to the environment."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "NO_COLOR": "1",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **(env or {})}
     env.pop("FORCE_COLOR", None)
     return subprocess.run([sys.executable, "-m", "rawrestore", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)

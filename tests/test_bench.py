@@ -25,7 +25,7 @@ def test_a_tiny_benchmark_scores_the_model_above_the_classical_isp(tmp_path):
                        "--steps", "1"]) == 0
     (report,) = work.glob("*/results.json")
     results = {r["name"]: r for r in json.loads(report.read_text())["results"]}
-    classical, model = results["classical"]["levels"], results["model (steps=1)"]["levels"]
+    classical, model = results["classical"]["levels"], results["v15 (steps=1)"]["levels"]
     assert len(classical["iso100"]["images"]) == 2
     assert model["iso25600"]["mean"]["psnr"] > classical["iso25600"]["mean"]["psnr"] + 2
     assert model["iso100"]["mean"]["de00"] < 3

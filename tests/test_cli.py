@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import assert_srgb_icc, make_dng, run_cli
+from rawrestore.batch.claims import STATE_DIR
 from rawrestore.cli import app
 
 
@@ -20,7 +21,13 @@ def digest(path: Path) -> str:
 
 
 def hidden_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(".*")]
+    """Hidden files but the batch's own state (its manifest) under .rawrestore."""
+    return [p for p in folder.rglob(".*") if STATE_DIR not in p.parts]
+
+
+def listing(folder: Path) -> list[str]:
+    """The names in a folder but the batch's state folder."""
+    return sorted(p.name for p in folder.iterdir() if p.name != STATE_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +43,7 @@ def developed(tmp_path_factory) -> tuple[Path, str]:
 
 def test_default_output_is_a_jpeg_beside_the_input(developed):
     folder, before = developed
-    assert sorted(p.name for p in folder.iterdir()) == ["photo.dng", "photo.jpg"]
+    assert listing(folder) == ["photo.dng", "photo.jpg"]
     assert digest(folder / "photo.dng") == before
     with Image.open(folder / "photo.jpg") as jpeg:
         assert jpeg.format == "JPEG" and jpeg.size == (192, 128)
@@ -71,12 +78,13 @@ def test_batch_folder_with_a_bad_file_writes_the_rest_and_exits_1(tmp_path):
     out = tmp_path / "out" / "tiff"
     result = run_cli("enhance", shots, "--out-dir", out, "--format", "tiff", "--classical")
     assert result.returncode == 1
-    assert sorted(p.name for p in out.iterdir()) == ["bggr.tif", "gbrg.tif", "grbg.tif", "rggb.tif"]
+    assert listing(out) == ["bggr.tif", "gbrg.tif", "grbg.tif", "rggb.tif"]
     assert "broken.dng" in result.stdout and "failed" in result.stdout and "4 done" in result.stdout
     assert result.stderr.strip().splitlines() == [
         "error: broken.dng: not a RAW file LibRaw can read (unknown format or cut-off header)"]
+    assert (result.stdout + result.stderr).count("not a RAW file") == 1  # not repeated in the summary
     means = []
-    for tif in sorted(out.iterdir()):
+    for tif in sorted(out.glob("*.tif")):
         with tifffile.TiffFile(tif) as handle:
             page = handle.pages[0]
             assert page.dtype == np.uint16 and page.shape == (128, 192, 3)
@@ -117,14 +125,14 @@ def test_each_bad_input_gives_one_error_line_and_exit_1(dng_factory, tmp_path):
         "error: truncated.dng: damaged or truncated RAW (LibRawIOError)",
     ]
     assert {name: digest(tmp_path / name) for name in names} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names + ["good.dng"])
+    assert listing(tmp_path) == sorted(names + ["good.dng"])
 
 
-def test_missing_path_is_a_usage_error(tmp_path):
+def test_a_missing_path_is_a_failure_in_the_summary(tmp_path):
     result = run_cli("enhance", "missing.dng", cwd=tmp_path)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: missing.dng: no such file or folder"]
-    assert result.stdout == ""
+    assert "missing.dng" in result.stdout and "0 done, 0 skipped, 1 failed" in result.stdout
 
 
 # The other usage errors run in-process (same Typer app, same code path) to keep the suite fast:
@@ -136,14 +144,27 @@ def test_missing_path_is_a_usage_error(tmp_path):
     (["a.dng", "--out-dir", "file.txt/out"], "file.txt/out: output folder is not writable"),
     (["a.dng", "--bits", "16"], "JPEG is 8-bit only"),
     (["a.dng", "--format", "png", "--bits", "12"], "--bits must be 8 or 16"),
-    (["a.dng", "-o", "a.dng"], "the output would replace the input"),
-    (["a.dng", "a.nef"], "a.dng and a.nef would both be written to a.jpg"),
+    (["c.tif", "-o", "c.tif"], "the output would replace the input"),
+    (["a.dng", "a.nef", "--name-template", "x{stem}"], "a.dng and a.nef would both be written to xa.jpg"),
+    (["a.dng", "--name-template", "{stem}/{ext}"], "must make a file name, not a path"),
+    (["a.dng", "--name-template", "{name}"], "use the fields {stem}, {ext}, {parent}, not {name}"),
+    (["a.dng", "-o", "x.jpg", "--name-template", "{stem}_{ext}"], "-o/--output names its one output itself"),
+    (["a.dng", "-o", "x.dng"], "needs one of the extensions .jpg, .jpeg, .tif, .tiff, .png (DNG export is not"),
+    (["a.dng", "-o", "x.webp"], "needs one of the extensions .jpg, .jpeg, .tif, .tiff, .png"),
+    (["a.dng", "-o", "x"], "needs one of the extensions .jpg, .jpeg, .tif, .tiff, .png"),
+    (["a.dng", "-o", "y.png", "--format", "tiff"], "y.png: --format tiff writes .tif or .tiff files, not .png"),
+    (["a.dng", "-o", "y.jpg", "--format", "tif"], "y.jpg: --format tif writes .tif or .tiff files, not .jpg"),
+    (["a.dng", "--wb", "purple"], "--wb purple: unknown white balance"),
+    (["a.dng", "--wb", "900"], "--wb 900: a temperature must be 2000-25000 K"),
+    (["a.dng", "--strength", "1.5"], "strength must be between 0 and 1, not 1.5"),
+    (["a.dng", "--chroma-strength", "-0.1"], "chroma strength must be between 0 and 1, not -0.1"),
 ])
 def test_usage_errors_exit_2_with_one_line_and_write_nothing(dng_factory, tmp_path, monkeypatch,
                                                              args, message):
     dng_factory("a.dng")
     dng_factory("b.dng")
     (tmp_path / "a.nef").write_bytes((tmp_path / "a.dng").read_bytes())
+    (tmp_path / "c.tif").write_bytes((tmp_path / "a.dng").read_bytes())
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.txt").write_text("a file, so nothing can be created below it")
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -159,7 +180,8 @@ def test_info_shows_metadata_and_cfa_layout(dng_factory):
     result = run_cli("info", dng_factory("photo.dng", "GBRG"))
     assert result.returncode == 0, result.stderr
     for expected in ("GBRG", "TestMake", "TestCam 1", "400", "1/250 s", "f/2.8", "35 mm",
-                     "2024:05:17 09:30:05", "192 x 128", "16383", "camera -> XYZ"):
+                     "2024:05:17 09:30:05", "192 x 128", "16383", "camera -> XYZ",
+                     "2.5  1  1.402  (about 6500 K)"):  # make_dng balances for D65
         assert expected in result.stdout
 
 
@@ -177,8 +199,7 @@ def test_real_camera_files_develop(shared_dir, tmp_path):
     result = run_cli("enhance", crop, linear, "--out-dir", tmp_path, "--classical")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["canon_kissx4_crop_grbg.jpg",
-                                                          "lg_h815_linear_sample_1mp.jpg"]
+    assert listing(tmp_path) == ["canon_kissx4_crop_grbg.jpg", "lg_h815_linear_sample_1mp.jpg"]
     with Image.open(tmp_path / "lg_h815_linear_sample_1mp.jpg") as jpeg:
         assert jpeg.size == (600, 338) and jpeg.getexif()[0x010F] == "LG Mobile"
 
@@ -211,3 +232,82 @@ def test_run_ends_the_process_with_the_commands_exit_code(monkeypatch, capsys, r
     monkeypatch.setattr(cli.os, "_exit", ended.append)
     cli.run()
     assert ended == [code] and capsys.readouterr().err == stderr_text
+
+
+@pytest.mark.parametrize("command", [[], ["enhance"], ["info"], ["styles"], ["demo"]])
+def test_h_is_help_on_every_command(command):
+    result = CliRunner().invoke(app, [*command, "-h"])
+    assert result.exit_code == 0 and "Usage: " in result.stdout
+
+
+@pytest.mark.parametrize("command, option", [("bench", "--photos"), ("train", "--data")])
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_bench_and_train_help_lists_their_own_options(command, option, flag):
+    result = CliRunner().invoke(app, [command, flag])
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"usage: rawrestore {command} ") and option in result.stdout
+
+
+def test_bench_without_photos_names_the_data_and_the_option(tmp_path, capsys):
+    from rawrestore import bench
+
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--photos", str(tmp_path / "none"), "--workdir", str(tmp_path / "work")])
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no validation photos under ")
+    assert "clean photos" in lines[0] and "--photos DIR" in lines[0]
+
+
+def test_hub_weights_offline_fail_fast_in_one_line(dng_factory, tmp_path):
+    import time
+
+    source = dng_factory("photo.dng")
+    unreachable = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # port 9: refused
+    started = time.perf_counter()
+    result = run_cli("enhance", source, "--weights", "hub", env=unreachable)
+    assert result.returncode == 1 and time.perf_counter() - started < 12  # was 24 s of retries
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: weights ") and "cannot be reached" in lines[0]
+
+
+@pytest.mark.parametrize("alias, extension, magic", [("jpg", ".jpg", b"\xff\xd8"), ("TIF", ".tif", b"II*\x00")])
+def test_format_aliases(dng_factory, tmp_path, monkeypatch, alias, extension, magic):
+    dng_factory("a.dng")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["enhance", "--classical", "a.dng", "--format", alias])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / f"a{extension}").read_bytes()[:4].startswith(magic)
+
+
+def test_inputs_sharing_a_stem_are_named_apart(dng_factory, tmp_path, monkeypatch):
+    dng_factory("a.dng")
+    (tmp_path / "a.NEF").write_bytes((tmp_path / "a.dng").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["enhance", "--classical", "a.dng", "a.NEF"])
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.jpg")) == ["a.jpg", "a_NEF.jpg"]
+    assert result.stderr.strip().splitlines() == [
+        "note: a.dng and a.NEF share the name a.jpg: writing a.NEF to a_NEF.jpg"]
+    templated = CliRunner().invoke(app, ["enhance", "--classical", ".", "--out-dir", "out",
+                                         "--name-template", "{parent}-{stem}_{ext}"])
+    assert templated.exit_code == 0, templated.stderr
+    folder = tmp_path.name
+    assert listing(tmp_path / "out") == [f"{folder}-a_NEF.jpg", f"{folder}-a_dng.jpg"]
+
+
+def test_the_summary_shows_the_exposure_applied(dng_factory, tmp_path, monkeypatch):
+    from rawrestore.pipeline import Developer, DevelopOptions
+    from rawrestore.rawio import read_raw
+
+    dng_factory("dark.dng", exposure=1 / 16)
+    dng_factory("normal.dng")
+    expected = Developer(DevelopOptions(classical=True, exposure_ev=0.5)).develop_frame(
+        read_raw(tmp_path / "dark.dng")).exposure_ev
+    assert expected > 3.5  # the lift, plus the --exposure
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["enhance", "--classical", "dark.dng", "normal.dng", "--exposure", "0.5"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if ".dng" in line}
+    assert f"{expected:+.2f}" in rows["dark.dng"] and "+0.50" in rows["normal.dng"]

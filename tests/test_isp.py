@@ -4,12 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from rawrestore.conditioning import binned_linear, render_condition, render_detail, upsample_condition
-from rawrestore.isp import demosaic, demosaic_in_strips, develop_classical, normalized_rggb, pack, to_rggb, unpack
-from rawrestore.rawio import RawImage, read_raw
-
 from conftest import CAM_FROM_XYZ, PATCHES, make_dng
+
+from rawrestore.conditioning import render_condition, render_detail, upsample_condition
+from rawrestore.isp import (
+    binned_linear,
+    demosaic,
+    demosaic_in_strips,
+    develop_classical,
+    normalized_rggb,
+    pack,
+    to_rggb,
+    unpack,
+)
+from rawrestore.rawio import RawImage, read_raw
 
 
 def libraw_reference(path) -> np.ndarray:
@@ -128,3 +136,57 @@ def test_condition_plus_detail_is_the_classical_render(tmp_path):
     rebuilt = upsample_condition(color[None])[0] + detail
     classical = develop_classical(raw, gain=gain)
     torch.testing.assert_close(rebuilt, classical, rtol=0, atol=1e-5)
+
+
+def check_auto_exposure(frame: torch.Tensor) -> None:
+    """A normally exposed frame stays near 0 EV, 16x darker it is lifted 3 EV or more, and frames
+    1 % apart in brightness (from it down to 64x darker, the whole ramp) get EVs within 0.05."""
+    from rawrestore.isp import auto_exposure_ev
+
+    frame = frame[:, ::4, ::4]  # the percentile of fewer pixels: a fast test of the same function
+    assert auto_exposure_ev(frame) < 0.25
+    assert auto_exposure_ev(frame / 16) >= 3
+    evs = [auto_exposure_ev(frame / 1.01 ** k) for k in range(420)]
+    assert max(abs(a - b) for a, b in zip(evs, evs[1:], strict=False)) <= 0.05
+    assert all(b >= a for a, b in zip(evs, evs[1:], strict=False))  # darker is never lifted less
+
+
+def test_auto_exposure_is_continuous_and_lifts_dark_frames(tmp_path):
+    from rawrestore.isp import exposure_reference
+
+    check_auto_exposure(exposure_reference(read_raw(make_dng(tmp_path / "patches.dng"))))
+
+
+def test_auto_exposure_on_real_frames_is_continuous(shared_dir):
+    from rawrestore.isp import exposure_reference
+
+    # The full chart frame (a 99th percentile of 0.2, dim but normal) was lifted +1.34 EV, its
+    # crop (0.47) not at all: now both stay within 0.25 EV of each other.
+    raw_dir = shared_dir / "data" / "raw"
+    for name in ("canon_eos_kiss_x4_magiclantern_colorchart.dng", "derived_cfa_phases/canon_kissx4_crop_rggb.dng"):
+        check_auto_exposure(exposure_reference(read_raw(raw_dir / name)))
+
+
+def test_exposure_adds_to_the_auto_exposure(tmp_path):
+    from rawrestore.isp import exposure_reference, frame_exposure_ev
+
+    frame = exposure_reference(read_raw(make_dng(tmp_path / "dark.dng", exposure=1 / 16)))
+    auto = frame_exposure_ev(frame, 0.0, True)
+    assert auto > 2
+    assert frame_exposure_ev(frame, 1.5, True) == pytest.approx(auto + 1.5)
+    assert frame_exposure_ev(frame, -0.5, False) == -0.5
+
+
+def test_blend_with_zero_strength_is_exactly_the_classical_and_splits_luma_from_chroma():
+    from rawrestore.isp import blend_restored
+
+    generator = torch.Generator().manual_seed(0)
+    classical, restored = torch.rand(3, 8, 8, generator=generator), torch.rand(3, 8, 8, generator=generator)
+    assert torch.equal(blend_restored(restored, classical, 0.0, 0.0), classical)
+    torch.testing.assert_close(blend_restored(restored, classical, 1.0, 1.0), restored)
+    luma = torch.tensor([0.2126, 0.7152, 0.0722])
+    luma_only = blend_restored(restored, classical, 1.0, 0.0)
+    # The luminance is the restored one, the chroma (the difference to it) the classical one.
+    torch.testing.assert_close(torch.einsum("c,chw->hw", luma, luma_only), torch.einsum("c,chw->hw", luma, restored))
+    torch.testing.assert_close(luma_only - luma_only.mul(luma[:, None, None]).sum(0),
+                               classical - classical.mul(luma[:, None, None]).sum(0))

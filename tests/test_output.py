@@ -16,7 +16,7 @@ from conftest import assert_srgb_icc
 from rawrestore import __version__
 from rawrestore.output import OutputError, srgb_icc_profile, to_pixels, write_image
 
-META = dict(make="TestMake", model="TestCam 1", datetime="2024:05:17 09:30:05", iso=400.0,
+META = dict(make="TestMake", model="TestCam 1", lens="EF 35mm f/2", datetime="2024:05:17 09:30:05", iso=400.0,
             exposure_time=1 / 250, f_number=2.8, focal_length=35.0)
 
 
@@ -68,6 +68,7 @@ def test_jpeg_carries_exif_icc_and_upright_orientation(tmp_path, image):
     assert float(sub[Base.FNumber]) == pytest.approx(2.8)
     assert float(sub[Base.FocalLength]) == pytest.approx(35.0)
     assert sub[Base.DateTimeOriginal] == "2024:05:17 09:30:05"
+    assert sub[Base.LensModel] == "EF 35mm f/2"
     # Lossy and chroma-subsampled: only the average colour must survive.
     np.testing.assert_allclose(pixels.mean(axis=(0, 1)), to_pixels(image, 8).mean(axis=(0, 1)), atol=2)
 
@@ -94,6 +95,18 @@ def test_tiff_is_exact_with_icc_and_tags(tmp_path, image, bits):
     assert tags["DateTime"] == "2024:05:17 09:30:05"
     assert tags["Software"] == f"rawrestore {__version__}"
     assert tags["Compression"] == 1
+    # The EXIF the JPEG keeps, in an EXIF IFD as photo software expects it.
+    assert tags["ExifTag"] == {"ExposureTime": (1, 250), "FNumber": (14, 5), "ISOSpeedRatings": 400,
+                               "ExifVersion": "0232", "DateTimeOriginal": "2024:05:17 09:30:05",
+                               "FocalLength": (35, 1), "LensModel": "EF 35mm f/2"}
+    with Image.open(path) as reread:  # an independent reader finds the same
+        assert reread.getexif().get_ifd(IFD.Exif)[Base.LensModel] == "EF 35mm f/2"
+
+
+def test_tiff_without_exif_has_no_exif_ifd(tmp_path, image):
+    with tifffile.TiffFile(write_image(tmp_path / "out.tif", image, "tiff", 8, exif={"make": "TestMake"})) as tif:
+        codes = {tag.code for tag in tif.pages[0].tags.values()}
+    assert 271 in codes and not codes & {34664, 34665}  # Make; no EXIF IFD, no placeholder left
 
 
 def test_png16_is_exact_with_icc_and_exif(tmp_path, image):

@@ -15,7 +15,7 @@ from rawrestore.models.rvae import ClassicalShare, coarse_band
 from rawrestore.pipeline import develop_latent
 from rawrestore.schedulers import IRSDEScheduler
 from rawrestore.train import (calibrate_share, fresh_bundle, joint_loss, latent_headroom, load_init, prune_inner,
-                              relative_l1, share_psnr, train_step, training_state)
+                              read_checkpoint, relative_l1, share_psnr, train_step, training_state)
 from rawrestore.weights import ModelBundle, load_bundle, save_bundle, with_current_bands
 
 
@@ -299,12 +299,12 @@ def test_an_interrupted_run_keeps_its_steps_and_the_same_command_resumes(tmp_pat
     with pytest.raises(SystemExit) as stopped:
         train_module.main(command)
     assert stopped.value.code == 130
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert read_checkpoint(run / "checkpoint.safetensors")[2]["step"] == 2
 
     monkeypatch.setattr(train_module, "train_step", interrupt_after(1))
     with pytest.raises(SystemExit):
         train_module.main(command)
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert read_checkpoint(run / "checkpoint.safetensors")[2]["step"] == 3
     assert "resumed at step 2" in (run / "train.log").read_text()
 
 
