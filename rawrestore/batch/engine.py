@@ -161,9 +161,11 @@ class _Supervisor:
 
     def run(self) -> BatchResult:
         workers: list[_Worker] = []
+        markers: list[Path] = []
         trapped = self._trap_signals()
-        markers = [mark_running(folder, self.owner) for folder in sorted({job.target.parent for job in self.jobs})]
         try:
+            for folder in sorted({job.target.parent for job in self.jobs}):
+                markers.append(mark_running(folder, self.owner))
             pending = self._plan()
             threads = max(1, cores() // self.request.workers)
             while self.signal is None and (pending or any(w.busy for w in workers)):

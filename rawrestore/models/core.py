@@ -178,7 +178,8 @@ class DemosaicDecoder(nn.Module):
 
 
 class LatentRestorer(nn.Module):
-    """x0-prediction UNet at the latent grid: (x_t, mu, noise std, start flag, t) -> x0."""
+    """x0-prediction UNet at the latent grid: (x_t, mu, noise std, start flag, t) -> x0,
+    as x_t plus a residual in units of the noise std."""
 
     def __init__(self, config: CoreConfig):
         super().__init__()
@@ -213,7 +214,10 @@ class LatentRestorer(nn.Module):
             h = block(h, temb)
         h = self.dec1(torch.cat([self.up2(h), h1], 1), temb)
         h = self.dec0(torch.cat([self.up1(h), h0], 1), temb)
-        return x_t + self.head(h)
+        # The correction in units of each value's noise std: the same task at every ISO, so the
+        # residual cannot be larger than the noise calls for (an absolute one, learnt mostly
+        # from the loud high-ISO samples, smoothed away the detail of quiet ones).
+        return x_t + noise_std * self.head(h)
 
 
 class CoreModel(nn.Module):
